@@ -1,0 +1,131 @@
+"""Frozen configuration dataclasses.
+
+A `CodecConfig` is saved inside every checkpoint and shipped model, so a model file always rebuilds
+the exact architecture it was trained with. Everything else (frame rate, bits per code, bitrate,
+latency) is derived from it in one place rather than restated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Architecture of the codec.
+
+    Encoder: a learned analysis conv (`analysis_window` samples, hop `frame_size`), then
+    `encoder_blocks` causal ConvNeXt-1D blocks of `encoder_width` channels at frame rate, then a
+    projection to `latent_dim`. Quantizer: residual VQ with `num_codebooks` codebooks of
+    `codebook_size` entries. Decoder: `decoder_blocks_low` blocks at frame rate, a 2x upsampling,
+    `decoder_blocks_high` blocks at twice the frame rate, and an inverse-STFT head (`n_fft`,
+    hop `frame_size // 2`). The decoder is trained to reproduce the input delayed by
+    `output_delay` samples; that delay is the model's lookahead and counts in its latency.
+    """
+
+    sample_rate: int = 16000
+    frame_size: int = 320
+    analysis_window: int = 640
+    encoder_width: int = 192
+    encoder_blocks: int = 5
+    decoder_width: int = 192
+    decoder_blocks_low: int = 3
+    decoder_blocks_high: int = 4
+    kernel_size: int = 7
+    ffn_ratio: int = 3
+    latent_dim: int = 64
+    num_codebooks: int = 12
+    codebook_size: int = 1024
+    n_fft: int = 480
+    output_delay: int = 320
+
+    def __post_init__(self) -> None:
+        if self.frame_size % 2:
+            raise ValueError("frame_size must be even (the decoder upsamples 2x)")
+        if self.analysis_window < self.frame_size or self.analysis_window % self.frame_size:
+            raise ValueError("analysis_window must be a multiple of frame_size")
+        if self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1):
+            raise ValueError("codebook_size must be a power of two")
+        if self.n_fft % 2 or self.n_fft < self.hop:
+            raise ValueError("n_fft must be even and at least the hop")
+        if not self.output_delay >= 0:
+            raise ValueError("output_delay must be >= 0")
+
+    @property
+    def hop(self) -> int:
+        """Inverse-STFT hop in samples (the decoder runs at twice the frame rate)."""
+        return self.frame_size // 2
+
+    @property
+    def frame_rate(self) -> float:
+        """Code frames per second."""
+        return self.sample_rate / self.frame_size
+
+    @property
+    def bits_per_code(self) -> int:
+        return int(math.log2(self.codebook_size))
+
+    def kbps(self, num_codebooks: int) -> float:
+        """Nominal payload bitrate in kbit/s when `num_codebooks` codebooks are sent."""
+        return num_codebooks * self.bits_per_code * self.frame_rate / 1000.0
+
+    def codebooks_for_kbps(self, kbps: float) -> int:
+        """The number of codebooks whose nominal bitrate is `kbps` (must match exactly)."""
+        per_codebook = self.kbps(1)
+        k = round(kbps / per_codebook)
+        exact = math.isclose(k * per_codebook, kbps, rel_tol=1e-6)
+        if k < 1 or k > self.num_codebooks or not exact:
+            rates = ", ".join(f"{self.kbps(n):g}" for n in range(1, self.num_codebooks + 1))
+            raise ValueError(f"unsupported bitrate {kbps:g} kbps; this model offers {rates}")
+        return k
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CodecConfig:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters; saved in checkpoints next to the CodecConfig."""
+
+    steps: int = 20000
+    batch_size: int = 16
+    segment_seconds: float = 1.0
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.8, 0.99)
+    weight_decay: float = 1e-2
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    seed: int = 0
+    # Quantizer dropout: each training example uses one of these codebook counts.
+    codebook_choices: tuple[int, ...] = (3, 6, 12)
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 0.5
+    # Loss weights (kept here, never hidden in the loss function).
+    mel_log_weight: float = 1.0
+    mel_linear_weight: float = 0.25
+    commit_weight: float = 0.25
+    mel_windows: tuple[int, ...] = (128, 256, 512, 1024, 2048)
+    # Augmentation: random gain in dB applied to each training segment.
+    gain_db_range: tuple[float, float] = (-18.0, 3.0)
+    log_every: int = 50
+    valid_every: int = 2000
+    valid_files: int = 12
+    checkpoint_every: int = 500
+    threads: int = 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        for k in ("betas", "codebook_choices", "mel_windows", "gain_db_range"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)

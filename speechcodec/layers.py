@@ -1,0 +1,107 @@
+"""Causal building blocks that run either on a whole signal or chunk by chunk.
+
+Every layer with memory takes an optional `cache` dict. With `cache=None` the layer sees the whole
+signal and pads its past with zeros. With a dict, the layer keeps what it needs of the past under
+its own key, so the same layer can be fed one chunk after another and produce exactly the output
+it would give on the concatenated signal. Separate dicts are separate streams, so one model can
+serve several streams at once (a sender and a receiver in one process, for instance).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CausalConv1d(nn.Conv1d):
+    """Conv1d whose output frame t depends only on input up to the end of hop t.
+
+    Input `[B, C_in, T]` with T a multiple of `stride`; output `[B, C_out, T // stride]`. The
+    receptive field of output t is input samples `[t*stride + stride - kernel, t*stride + stride)`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 groups: int = 1, bias: bool = True) -> None:
+        if kernel_size < stride:
+            raise ValueError("kernel_size must be >= stride")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, groups=groups,
+                         bias=bias)
+        self.context = kernel_size - stride
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        if x.shape[-1] % self.stride[0]:
+            raise ValueError(f"input length {x.shape[-1]} is not a multiple of {self.stride[0]}")
+        if self.context:
+            if cache is None:
+                x = F.pad(x, (self.context, 0))
+            else:
+                past = cache.get(self)
+                if past is None:
+                    past = x.new_zeros(x.shape[0], x.shape[1], self.context)
+                x = torch.cat([past, x], dim=-1)
+                cache[self] = x[..., x.shape[-1] - self.context:]
+        return super().forward(x)
+
+
+class ConvNeXtBlock(nn.Module):
+    """Causal ConvNeXt-1D block: depthwise causal conv, LayerNorm, pointwise MLP, residual.
+
+    `[B, C, F] -> [B, C, F]`.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, ffn_ratio: int, layer_scale: float) -> None:
+        super().__init__()
+        self.dwconv = CausalConv1d(dim, dim, kernel_size, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.pw1 = nn.Linear(dim, dim * ffn_ratio)
+        self.pw2 = nn.Linear(dim * ffn_ratio, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        y = self.dwconv(x, cache).transpose(1, 2)
+        y = self.pw2(F.gelu(self.pw1(self.norm(y))))
+        return x + (self.gamma * y).transpose(1, 2)
+
+
+class ISTFTHead(nn.Module):
+    """Predicts a complex spectrum per frame and overlap-adds its inverse FFT.
+
+    `[B, C, J] -> [B, J * hop]` samples. Frame j is placed at samples `[j*hop, j*hop + n_fft)`;
+    after frame j, samples before `(j + 1) * hop` are complete and are emitted, the rest of the
+    window is held (as `cache` state, or dropped at the end of a whole signal).
+    """
+
+    def __init__(self, dim: int, n_fft: int, hop: int) -> None:
+        super().__init__()
+        self.n_fft = n_fft
+        self.hop = hop
+        self.bins = n_fft // 2 + 1
+        self.proj = nn.Conv1d(dim, 2 * self.bins, 1)
+        window = torch.hann_window(n_fft, periodic=True)
+        # Sum of the squared window over all overlapping frames: a constant for these hops.
+        envelope = (window**2).sum() / hop
+        self.register_buffer("window", window / envelope, persistent=False)
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        log_mag, phase = self.proj(x).float().chunk(2, dim=1)
+        mag = torch.exp(log_mag.clamp(max=8.0))
+        spec = torch.polar(mag, phase)  # [B, bins, J]
+        frames = torch.fft.irfft(spec, n=self.n_fft, dim=1) * self.window[:, None]
+        num_frames = frames.shape[-1]
+        length = (num_frames - 1) * self.hop + self.n_fft
+        ola = F.fold(frames, output_size=(1, length), kernel_size=(1, self.n_fft),
+                     stride=(1, self.hop))[:, 0, 0]  # [B, length]
+        tail_len = self.n_fft - self.hop
+        if cache is not None:
+            tail = cache.get(self)
+            if tail is not None:
+                ola = torch.cat([ola[:, :tail_len] + tail, ola[:, tail_len:]], dim=1)
+            cache[self] = ola[:, num_frames * self.hop:]
+        return ola[:, : num_frames * self.hop]
+
+
+def layer_scale_for(num_blocks: int) -> float:
+    return 1.0 / math.sqrt(max(num_blocks, 1))

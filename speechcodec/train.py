@@ -1,0 +1,315 @@
+"""Training: data, losses and the loop (one process, or many under `torchrun`).
+
+The same code path runs alone or data-parallel: under `torchrun` each process sees its own
+shard of random crops, gradients are averaged by DistributedDataParallel (gloo on CPU), and the
+quantizer pools its EMA statistics across processes so the codebooks stay identical.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import torchaudio
+
+from .audio import AudioError, load_audio
+from .config import CodecConfig, TrainConfig
+from .model import Codec
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+# -- data ------------------------------------------------------------------------------------
+def list_audio(source: str | os.PathLike) -> list[Path]:
+    """Files of a manifest CSV (column `path`, relative to the CSV) or of a folder (recursive)."""
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    elif source.suffix.lower() == ".csv":
+        with open(source, newline="") as f:
+            files = [source.parent / row["path"] for row in csv.DictReader(f)]
+    elif source.suffix.lower() in AUDIO_SUFFIXES:
+        files = [source]
+    else:
+        raise ValueError(f"{source}: not a folder, a .csv manifest or an audio file")
+    if not files:
+        raise ValueError(f"{source}: no audio files found")
+    return files
+
+
+def load_corpus(files: list[Path], sample_rate: int, progress: bool = True) -> list[np.ndarray]:
+    from tqdm import tqdm
+
+    clips = []
+    for path in tqdm(files, desc="loading audio", unit="file", disable=not progress,
+                     file=sys.stderr):
+        try:
+            clips.append(load_audio(path, sample_rate).samples)
+        except AudioError as e:
+            print(f"skipping {e}", file=sys.stderr)
+    return clips
+
+
+class CropSampler:
+    """Random fixed-length crops from in-memory clips, longer clips drawn more often."""
+
+    def __init__(self, clips: list[np.ndarray], length: int, gain_db: tuple[float, float],
+                 seed: int) -> None:
+        self.clips = clips
+        self.length = length
+        self.gain_db = gain_db
+        lengths = np.array([len(c) for c in clips], dtype=np.float64)
+        self.weights = lengths / lengths.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, size: int) -> torch.Tensor:
+        out = np.zeros((size, self.length), dtype=np.float32)
+        for i, k in enumerate(self.rng.choice(len(self.clips), size=size, p=self.weights)):
+            clip = self.clips[k]
+            if len(clip) > self.length:
+                start = self.rng.integers(0, len(clip) - self.length + 1)
+                seg = clip[start:start + self.length]
+            else:
+                seg = clip
+            peak = np.abs(seg).max() + 1e-6
+            gain = 10 ** (self.rng.uniform(*self.gain_db) / 20)
+            # Random level, but never above full scale: the codec must keep levels, not clip.
+            out[i, : len(seg)] = seg * min(gain, 0.99 / peak)
+        return torch.from_numpy(out)
+
+
+# -- losses ----------------------------------------------------------------------------------
+class MelLoss(torch.nn.Module):
+    """L1 between log and linear mel spectrograms at several resolutions."""
+
+    def __init__(self, sample_rate: int, windows: tuple[int, ...]) -> None:
+        super().__init__()
+        self.mels = torch.nn.ModuleList(
+            torchaudio.transforms.MelSpectrogram(
+                sample_rate=sample_rate, n_fft=w, win_length=w, hop_length=w // 4,
+                n_mels=max(16, min(128, w // 16)), power=1.0, center=True)
+            for w in windows)
+
+    def forward(self, ref: torch.Tensor, est: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_l, lin_l = 0.0, 0.0
+        for mel in self.mels:
+            a, b = mel(ref), mel(est)
+            log_l = log_l + F.l1_loss(torch.log10(b.clamp(min=1e-5)),
+                                      torch.log10(a.clamp(min=1e-5)))
+            lin_l = lin_l + F.l1_loss(b, a)
+        n = len(self.mels)
+        return log_l / n, lin_l / n
+
+
+def reconstruction_loss(codec: Codec, mel_loss: MelLoss, wav: torch.Tensor,
+                        num_codebooks: torch.Tensor, tc: TrainConfig) -> tuple[torch.Tensor, dict]:
+    recon, q = codec(wav, num_codebooks)
+    d = codec.cfg.output_delay
+    ref = wav[:, : wav.shape[1] - d]
+    est = recon[:, d:]
+    mel_log, mel_lin = mel_loss(ref, est)
+    loss = tc.mel_log_weight * mel_log + tc.mel_linear_weight * mel_lin + (
+        tc.commit_weight * q.commit_loss)
+    return loss, {"loss": loss.item(), "mel_log": mel_log.item(), "mel_lin": mel_lin.item(),
+                  "commit": q.commit_loss.item()}
+
+
+# -- validation ------------------------------------------------------------------------------
+def pick_valid_files(files: list[Path], n: int) -> list[Path]:
+    """`n` files spread evenly over the manifest (which is grouped by speaker)."""
+    if n <= 0 or n >= len(files):
+        return list(files)
+    idx = np.linspace(0, len(files) - 1, n).round().astype(int)
+    return [files[i] for i in idx]
+
+
+def validate(codec: Codec, clips: list[np.ndarray], codebooks: tuple[int, ...]) -> dict:
+    from .metrics import compute_quality
+    from .pipeline import roundtrip_samples
+
+    was_training = codec.training
+    codec.eval()
+    out = {}
+    for k in codebooks:
+        scores = [compute_quality(c, roundtrip_samples(codec, c, k), codec.cfg.sample_rate)
+                  for c in clips]
+        kbps = codec.cfg.kbps(k)
+        for name in ("pesq_wb", "stoi", "mel_distance", "si_sdr_db"):
+            out[f"{kbps:g}kbps_{name}"] = float(np.nanmean([getattr(s, name) for s in scores]))
+    codec.train(was_training)
+    return out
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+def save_checkpoint(path: Path, codec: Codec, opt, sched, step: int, tc: TrainConfig,
+                    elapsed: float) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"config": codec.cfg.to_dict(), "train_config": tc.to_dict(),
+                "model": codec.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "step": step, "elapsed": elapsed,
+                "rng": torch.get_rng_state()}, tmp)
+    os.replace(tmp, path)
+
+
+def lr_lambda(tc: TrainConfig):
+    def f(step: int) -> float:
+        if step < tc.warmup_steps:
+            return (step + 1) / tc.warmup_steps
+        progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+# -- the loop --------------------------------------------------------------------------------
+def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | None = None,
+          tc: TrainConfig | None = None, resume: bool = False, init: str | None = None,
+          max_minutes: float | None = None, progress: bool = True) -> Path:
+    """Train a codec; returns the path of the last checkpoint. See `speechcodec train -h`."""
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank, world = 0, 1
+    if distributed:
+        dist.init_process_group("gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    out = Path(out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    start_step, elapsed = 0, 0.0
+    state = None
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        cfg = CodecConfig.from_dict(state["config"])
+        tc = TrainConfig.from_dict({**state["train_config"], **(tc.to_dict() if tc else {})}
+                                   ) if tc else TrainConfig.from_dict(state["train_config"])
+    cfg = cfg or CodecConfig()
+    tc = tc or TrainConfig()
+    torch.set_num_threads(max(1, tc.threads // world) if distributed else tc.threads)
+    torch.manual_seed(tc.seed)
+    random.seed(tc.seed)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+
+    codec = Codec(cfg)
+    if init:
+        from .pretrained import load_codec
+
+        src = load_codec(init)
+        if src.cfg != cfg:
+            raise ValueError("--init model has a different architecture than this config")
+        codec.load_state_dict(src.state_dict(), strict=False)  # EMA stats restart from data
+        for layer in codec.quantizer.layers:
+            layer.initialised.fill_(True)
+            layer.ema_sum.copy_(layer.codebook)
+            layer.ema_count.fill_(1.0)
+    for layer in codec.quantizer.layers:
+        layer.decay = tc.ema_decay
+    codec.quantizer.dead_threshold = tc.dead_code_threshold
+    opt = torch.optim.AdamW(codec.parameters(), lr=tc.lr, betas=tc.betas,
+                            weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
+    if state is not None:
+        codec.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_step, elapsed = state["step"], state["elapsed"]
+        torch.set_rng_state(state["rng"])
+    model = torch.nn.parallel.DistributedDataParallel(codec) if distributed else codec
+
+    clips = load_corpus(list_audio(data), cfg.sample_rate, progress and rank == 0)
+    seg = round(tc.segment_seconds * cfg.sample_rate / cfg.frame_size) * cfg.frame_size
+    sampler = CropSampler(clips, seg, tc.gain_db_range, tc.seed * 1000 + rank + start_step)
+    valid_clips = []
+    if valid and rank == 0:
+        valid_clips = load_corpus(pick_valid_files(list_audio(valid), tc.valid_files),
+                                  cfg.sample_rate, progress=False)
+    mel_loss = MelLoss(cfg.sample_rate, tc.mel_windows)
+    choices = torch.tensor(tc.codebook_choices)
+    gen = torch.Generator().manual_seed(tc.seed * 7919 + rank + start_step)
+    log_path = out / "log.csv"
+    valid_path = out / "valid.csv"
+    if rank == 0:
+        with open(out / "config.json", "w") as f:
+            json.dump({"codec": cfg.to_dict(), "train": tc.to_dict()}, f, indent=1)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=tc.steps, initial=start_step, disable=not progress or rank != 0,
+               unit="step", file=sys.stderr, dynamic_ncols=True)
+    t0 = time.time() - elapsed
+    deadline = time.time() + 60 * max_minutes if max_minutes else None
+    codec.train()
+    step = start_step
+    running = {}
+    while step < tc.steps:
+        wav = sampler.batch(tc.batch_size // world if distributed else tc.batch_size)
+        n_q = choices[torch.randint(len(choices), (wav.shape[0],), generator=gen)]
+        loss, parts = reconstruction_loss(model if not distributed else codec, mel_loss, wav,
+                                          n_q, tc) if not distributed else _ddp_loss(
+            model, codec, mel_loss, wav, n_q, tc)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(codec.parameters(), tc.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        for k, v in parts.items():
+            running[k] = running.get(k, 0.0) + v
+        if rank == 0:
+            bar.update(1)
+            if step % tc.log_every == 0 or step == tc.steps:
+                avg = {k: v / tc.log_every for k, v in running.items()}
+                running = {}
+                bar.set_postfix(loss=f"{avg['loss']:.3f}", mel=f"{avg['mel_log']:.3f}")
+                _append_csv(log_path, {"step": step, "time_s": round(time.time() - t0, 1),
+                                       "lr": sched.get_last_lr()[0],
+                                       "grad_norm": float(gnorm), **avg})
+            if valid_clips and (step % tc.valid_every == 0 or step == tc.steps):
+                v = validate(codec, valid_clips, (3, 6, 12))
+                _append_csv(valid_path, {"step": step, **v})
+                bar.write(f"step {step} valid: " + "  ".join(
+                    f"{k}={val:.3f}" for k, val in v.items() if "pesq" in k or "stoi" in k))
+        stop = deadline is not None and time.time() > deadline
+        if distributed:
+            flag = torch.tensor(float(stop))
+            dist.all_reduce(flag)
+            stop = bool(flag.item())
+        if rank == 0 and (step % tc.checkpoint_every == 0 or step == tc.steps or stop):
+            save_checkpoint(ckpt_path, codec, opt, sched, step, tc, time.time() - t0)
+            if step % (tc.checkpoint_every * 10) == 0:
+                shutil.copyfile(ckpt_path, out / f"checkpoint_{step:07d}.pt")
+        if stop:
+            break
+    bar.close()
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return ckpt_path
+
+
+def _ddp_loss(model, codec, mel_loss, wav, n_q, tc):
+    """Forward through the DDP wrapper so gradients are synchronised."""
+    recon, q = model(wav, n_q)
+    d = codec.cfg.output_delay
+    mel_log, mel_lin = mel_loss(wav[:, : wav.shape[1] - d], recon[:, d:])
+    loss = tc.mel_log_weight * mel_log + tc.mel_linear_weight * mel_lin + (
+        tc.commit_weight * q.commit_loss)
+    return loss, {"loss": loss.item(), "mel_log": mel_log.item(), "mel_lin": mel_lin.item(),
+                  "commit": q.commit_loss.item()}
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
