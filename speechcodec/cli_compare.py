@@ -1,0 +1,5 @@
+"""Placeholder: subcommands are added here."""
+
+
+def add_commands(sub) -> None:
+    return None

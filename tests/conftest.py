@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+import torch
+
+from speechcodec.config import CodecConfig
+from speechcodec.model import Codec
+
+TINY = CodecConfig(encoder_width=32, encoder_blocks=2, decoder_width=32, decoder_blocks_low=1,
+                   decoder_blocks_high=1, latent_dim=16, codebook_size=64, num_codebooks=12)
+
+
+@pytest.fixture
+def tiny_codec() -> Codec:
+    """A small random model: fast, and enough for structural properties."""
+    torch.manual_seed(0)
+    codec = Codec(TINY)
+    # Spread the codebooks so different inputs pick different codes.
+    for layer in codec.quantizer.layers:
+        layer.codebook.normal_(0, 0.5)
+        layer.initialised.fill_(True)
+    return codec.eval()
+
+
+@pytest.fixture
+def speech() -> np.ndarray:
+    """A short synthetic voiced signal at 16 kHz (about 1.3 s)."""
+    rng = np.random.default_rng(1)
+    t = np.arange(21000) / 16000
+    f0 = 120 + 30 * np.sin(2 * np.pi * 1.5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / 16000
+    x = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.5 + 0.5 * np.sin(2 * np.pi * 2 * t))
+    return (0.2 * x + 0.01 * rng.standard_normal(len(t))).astype(np.float32)

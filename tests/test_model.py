@@ -1,0 +1,154 @@
+"""Structural properties of the model: streaming, causality, latency, quantizer, bitrates."""
+
+import numpy as np
+import pytest
+import torch
+
+from speechcodec.config import CodecConfig
+from speechcodec.model import Codec
+from speechcodec.pipeline import decode_codes, encode_samples, num_frames_for, roundtrip_samples
+
+
+def test_streaming_equals_whole_signal(tiny_codec, speech):
+    x = torch.from_numpy(speech[: 320 * 40])[None]
+    codes = tiny_codec.encode(x, 12)
+    enc = tiny_codec.stream_encoder(12)
+    # Uneven chunk sizes, one frame at a time for part of it.
+    pieces, start = [], 0
+    for n in [1, 1, 3, 7, 1, 10, 17]:
+        pieces.append(enc.push(x[:, start * 320:(start + n) * 320]))
+        start += n
+    assert start == 40
+    assert torch.equal(torch.cat(pieces, -1), codes)
+
+    whole = tiny_codec.decode(codes)
+    dec = tiny_codec.stream_decoder()
+    out = torch.cat([dec.push(codes[..., f:f + 1]) for f in range(40)], -1)
+    assert out.shape == whole.shape == (1, 40 * 320)
+    torch.testing.assert_close(out, whole, atol=1e-5, rtol=1e-4)
+
+
+def test_two_streams_do_not_share_state(tiny_codec, speech):
+    x = torch.from_numpy(speech[: 320 * 10])[None]
+    codes = tiny_codec.encode(x, 6)
+    a, b = tiny_codec.stream_decoder(), tiny_codec.stream_decoder()
+    out_a = [a.push(codes[..., f:f + 1]) for f in range(10)]
+    b.push(torch.zeros_like(codes[..., :3]))  # a different stream in between
+    torch.testing.assert_close(torch.cat(out_a, -1), tiny_codec.decode(codes), atol=1e-5,
+                               rtol=1e-4)
+
+
+def test_future_input_never_changes_past_output(tiny_codec, speech):
+    frame = tiny_codec.cfg.frame_size
+    x = torch.from_numpy(speech[: frame * 30].copy())[None]
+    base = tiny_codec.decode(tiny_codec.encode(x, 12))
+    m = frame * 17 + 123  # change everything from sample m on
+    y = x.clone()
+    y[:, m:] = torch.randn(1, y.shape[1] - m)
+    changed = tiny_codec.decode(tiny_codec.encode(y, 12))
+    # Output up to the start of the frame holding sample m is untouched...
+    boundary = (m // frame) * frame
+    torch.testing.assert_close(changed[:, :boundary], base[:, :boundary], atol=1e-6, rtol=0)
+    # ...and the change does show after it (the test would pass vacuously otherwise).
+    assert (changed[:, boundary:] - base[:, boundary:]).abs().max() > 1e-4
+
+
+def test_latency_is_derived_and_within_budget(tiny_codec):
+    lat = tiny_codec.latency
+    assert lat.frame == tiny_codec.cfg.frame_size
+    assert lat.lookahead == tiny_codec.cfg.output_delay
+    assert lat.ms == pytest.approx(1000 * (320 + 320) / 16000)
+    assert lat.ms <= 40.0
+    other = Codec(CodecConfig(frame_size=160, analysis_window=320, n_fft=240, output_delay=160,
+                              encoder_width=16, encoder_blocks=1, decoder_width=16,
+                              decoder_blocks_low=1, decoder_blocks_high=1, latent_dim=8,
+                              codebook_size=16))
+    assert other.latency.ms == pytest.approx(20.0)
+
+
+def test_exact_length_for_any_input_length(tiny_codec):
+    rng = np.random.default_rng(0)
+    for n in [1, 319, 320, 321, 5000]:
+        x = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        codes = encode_samples(tiny_codec, x, 3)
+        assert codes.shape == (3, num_frames_for(tiny_codec, n))
+        y = decode_codes(tiny_codec, codes, n)
+        assert y.shape == (n,) and y.dtype == np.float32
+        assert np.isfinite(y).all()
+
+
+def test_chunked_pipeline_matches_one_call(tiny_codec, monkeypatch, speech):
+    import speechcodec.pipeline as pl
+
+    whole = roundtrip_samples(tiny_codec, speech, 6)
+    monkeypatch.setattr(pl, "CHUNK_FRAMES", 7)
+    chunked = roundtrip_samples(tiny_codec, speech, 6)
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+
+
+def test_codebook_prefix_is_a_coarser_code(tiny_codec, speech):
+    """Residual VQ: the first K codes are the same whatever the total number sent."""
+    x = torch.from_numpy(speech[: 320 * 20])[None]
+    c12 = tiny_codec.encode(x, 12)
+    c3 = tiny_codec.encode(x, 3)
+    assert torch.equal(c12[:, :3], c3)
+    assert int(c12.max()) < tiny_codec.cfg.codebook_size and int(c12.min()) >= 0
+
+
+def test_gradients_flow_through_quantizer(speech):
+    torch.manual_seed(0)
+    from tests.conftest import TINY
+
+    codec = Codec(TINY).train()
+    x = torch.from_numpy(speech[: 320 * 10])[None]
+    recon, q = codec(x, torch.tensor([3]))
+    (recon.square().mean() + q.commit_loss).backward()
+    g = codec.encoder.analysis.weight.grad
+    assert g is not None and g.abs().sum() > 0
+    # Data init: the first training pass places codewords on the data.
+    assert bool(codec.quantizer.layers[0].initialised)
+
+
+def test_more_codebooks_quantize_better(tiny_codec, speech):
+    """After data init and a few EMA updates, each residual stage lowers the error."""
+    x = torch.from_numpy(speech[: 320 * 60])[None]
+    z = tiny_codec.embed(x)
+    rvq = tiny_codec.quantizer
+    for layer in rvq.layers:
+        layer.initialised.fill_(False)
+    rvq.train()
+    for _ in range(5):
+        rvq(z, 12)
+    rvq.eval()
+    errs = [float((tiny_codec.quantizer.decode(tiny_codec.encode(x, k)) - z).square().mean())
+            for k in (1, 3, 6, 12)]
+    assert errs == sorted(errs, reverse=True) and errs[-1] < errs[0]
+
+
+def test_bitrates_derive_from_config():
+    cfg = CodecConfig()
+    assert cfg.bits_per_code == 10 and cfg.frame_rate == 50
+    assert [cfg.kbps(k) for k in (3, 6, 12)] == [1.5, 3.0, 6.0]
+    assert cfg.codebooks_for_kbps(3) == 6
+    with pytest.raises(ValueError, match="unsupported bitrate"):
+        cfg.codebooks_for_kbps(2.2)
+
+
+def test_release_roundtrip_is_strict_and_hashed(tiny_codec, tmp_path):
+    from speechcodec.pretrained import ModelError, load_codec
+
+    path = tmp_path / "m.pt"
+    digest = tiny_codec.save_release(path, "tiny-test")
+    loaded = load_codec(str(path))
+    assert loaded.model_id == "tiny-test" and loaded.weights_hash == digest[:16]
+    x = torch.randn(1, 320 * 5) * 0.1
+    # float16 release weights: codes agree with the full-precision model almost everywhere
+    agree = (loaded.encode(x, 12) == tiny_codec.encode(x, 12)).float().mean()
+    assert agree > 0.9
+    # A file with an extra tensor is refused (strict loading).
+    blob = torch.load(path, weights_only=True)
+    blob["state_dict"]["encoder.extra"] = torch.zeros(1)
+    bad = tmp_path / "bad.pt"
+    torch.save(blob, bad)
+    with pytest.raises(ModelError, match="does not match"):
+        load_codec(str(bad))
