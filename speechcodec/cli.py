@@ -280,6 +280,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .pretrained import HERE
+    from .train import export_release
+
+    path, digest = export_release(args.checkpoint, args.model_id, args.out or HERE)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, sha256 {digest[:16]}...)")
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------
 def _common(p: argparse.ArgumentParser, writes: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -342,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a CodecConfig or TrainConfig field (repeatable)")
     t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("export", help="training checkpoint -> small hashed release file")
+    x.add_argument("checkpoint", help="checkpoint.pt from `speechcodec train`")
+    x.add_argument("--model-id", default="speechcodec-base-v1", help="name to register")
+    x.add_argument("--out", help="folder (default: the package's pretrained/ folder)")
+    x.set_defaults(func=cmd_export)
 
     from . import cli_compare, cli_net
 

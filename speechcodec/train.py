@@ -112,10 +112,14 @@ class MelLoss(torch.nn.Module):
         return log_l / n, lin_l / n
 
 
-def reconstruction_loss(codec: Codec, mel_loss: MelLoss, wav: torch.Tensor,
+def reconstruction_loss(model: torch.nn.Module, delay: int, mel_loss: MelLoss, wav: torch.Tensor,
                         num_codebooks: torch.Tensor, tc: TrainConfig) -> tuple[torch.Tensor, dict]:
-    recon, q = codec(wav, num_codebooks)
-    d = codec.cfg.output_delay
+    """Mel losses between the input and the decoder output shifted back by `delay` samples.
+
+    `model` is the Codec or its DistributedDataParallel wrapper (which syncs the gradients).
+    """
+    recon, q = model(wav, num_codebooks)
+    d = delay
     ref = wav[:, : wav.shape[1] - d]
     est = recon[:, d:]
     mel_log, mel_lin = mel_loss(ref, est)
@@ -200,16 +204,7 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
 
     codec = Codec(cfg)
     if init:
-        from .pretrained import load_codec
-
-        src = load_codec(init)
-        if src.cfg != cfg:
-            raise ValueError("--init model has a different architecture than this config")
-        codec.load_state_dict(src.state_dict(), strict=False)  # EMA stats restart from data
-        for layer in codec.quantizer.layers:
-            layer.initialised.fill_(True)
-            layer.ema_sum.copy_(layer.codebook)
-            layer.ema_count.fill_(1.0)
+        _warm_start(codec, init)
     for layer in codec.quantizer.layers:
         layer.decay = tc.ema_decay
     codec.quantizer.dead_threshold = tc.dead_code_threshold
@@ -252,9 +247,7 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
     while step < tc.steps:
         wav = sampler.batch(tc.batch_size // world if distributed else tc.batch_size)
         n_q = choices[torch.randint(len(choices), (wav.shape[0],), generator=gen)]
-        loss, parts = reconstruction_loss(model if not distributed else codec, mel_loss, wav,
-                                          n_q, tc) if not distributed else _ddp_loss(
-            model, codec, mel_loss, wav, n_q, tc)
+        loss, parts = reconstruction_loss(model, cfg.output_delay, mel_loss, wav, n_q, tc)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(codec.parameters(), tc.grad_clip)
@@ -295,15 +288,27 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
     return ckpt_path
 
 
-def _ddp_loss(model, codec, mel_loss, wav, n_q, tc):
-    """Forward through the DDP wrapper so gradients are synchronised."""
-    recon, q = model(wav, n_q)
-    d = codec.cfg.output_delay
-    mel_log, mel_lin = mel_loss(wav[:, : wav.shape[1] - d], recon[:, d:])
-    loss = tc.mel_log_weight * mel_log + tc.mel_linear_weight * mel_lin + (
-        tc.commit_weight * q.commit_loss)
-    return loss, {"loss": loss.item(), "mel_log": mel_log.item(), "mel_lin": mel_lin.item(),
-                  "commit": q.commit_loss.item()}
+def _warm_start(codec: Codec, init: str) -> None:
+    """Copy weights from a training checkpoint (full precision) or a shipped/release model."""
+    path = Path(init)
+    blob = torch.load(path, map_location="cpu", weights_only=False) if (
+        path.suffix == ".pt" and path.exists()) else None
+    if blob is not None and "model" in blob:
+        if CodecConfig.from_dict(blob["config"]) != codec.cfg:
+            raise ValueError(f"{init}: checkpoint has a different architecture than this run")
+        codec.load_state_dict(blob["model"])
+        return
+    from .pretrained import load_codec
+
+    src = load_codec(init)
+    if src.cfg != codec.cfg:
+        raise ValueError(f"{init}: model has a different architecture than this run")
+    missing, unexpected = codec.load_state_dict(src.state_dict(), strict=False)
+    assert not unexpected and all(k.endswith(("ema_count", "ema_sum")) for k in missing)
+    for layer in codec.quantizer.layers:  # release files carry no EMA statistics
+        layer.initialised.fill_(True)
+        layer.ema_sum.copy_(layer.codebook)
+        layer.ema_count.fill_(1.0)
 
 
 def _append_csv(path: Path, row: dict) -> None:
@@ -313,3 +318,23 @@ def _append_csv(path: Path, row: dict) -> None:
         if new:
             w.writeheader()
         w.writerow(row)
+
+
+def export_release(checkpoint: str | os.PathLike, model_id: str, out_dir: str | os.PathLike
+                   ) -> tuple[Path, str]:
+    """Checkpoint -> small release file `<out_dir>/<model_id>.pt` (float16 inference weights)
+    and its entry in `<out_dir>/registry.json`. Returns (path, SHA-256)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    codec = Codec(CodecConfig.from_dict(state["config"]))
+    codec.load_state_dict(state["model"])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{model_id}.pt"
+    card = {"steps": state["step"], "train_seconds": round(state["elapsed"]),
+            "train_config": state["train_config"]}
+    digest = codec.save_release(path, model_id, card)
+    reg_path = out / "registry.json"
+    reg = json.loads(reg_path.read_text()) if reg_path.exists() else {}
+    reg[model_id] = {"file": path.name, "sha256": digest}
+    reg_path.write_text(json.dumps(reg, indent=1) + "\n")
+    return path, digest
