@@ -283,9 +283,25 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
             break
     bar.close()
     if distributed:
+        # Every replica must end with the same weights; record each one's checksum.
+        sums = [None] * world
+        dist.all_gather_object(sums, state_checksum(codec))
+        if rank == 0:
+            (out / "replicas.json").write_text(json.dumps({"checksums": sums}) + "\n")
         dist.barrier()
         dist.destroy_process_group()
     return ckpt_path
+
+
+def state_checksum(codec: Codec) -> str:
+    """SHA-256 over all parameters and buffers, in state-dict order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in codec.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _warm_start(codec: Codec, init: str) -> None:
