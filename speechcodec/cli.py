@@ -273,9 +273,11 @@ def cmd_train(args) -> int:
     codec_kw, train_kw = _parse_overrides(args.set or [])
     if args.steps:
         train_kw["steps"] = args.steps
-    path = train(args.data, args.out, valid=args.valid, cfg=CodecConfig(**codec_kw),
-                 tc=TrainConfig(**train_kw), resume=args.resume, init=args.init,
-                 max_minutes=args.max_minutes)
+    if args.resume and codec_kw:
+        raise UserError("--resume keeps the run's architecture; drop the CodecConfig --set keys")
+    path = train(args.data, args.out, valid=args.valid,
+                 cfg=None if args.resume else CodecConfig(**codec_kw), resume=args.resume,
+                 init=args.init, max_minutes=args.max_minutes, train_overrides=train_kw)
     print(f"checkpoint: {path}")
     return 0
 

@@ -178,8 +178,12 @@ def lr_lambda(tc: TrainConfig):
 # -- the loop --------------------------------------------------------------------------------
 def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | None = None,
           tc: TrainConfig | None = None, resume: bool = False, init: str | None = None,
-          max_minutes: float | None = None, progress: bool = True) -> Path:
-    """Train a codec; returns the path of the last checkpoint. See `speechcodec train -h`."""
+          max_minutes: float | None = None, progress: bool = True,
+          train_overrides: dict | None = None) -> Path:
+    """Train a codec; returns the path of the last checkpoint. See `speechcodec train -h`.
+
+    With `resume`, the run continues with the configs saved in its checkpoint; only the
+    `train_overrides` fields (for example a longer `steps`) change."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world = 0, 1
     if distributed:
@@ -192,10 +196,9 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         cfg = CodecConfig.from_dict(state["config"])
-        tc = TrainConfig.from_dict({**state["train_config"], **(tc.to_dict() if tc else {})}
-                                   ) if tc else TrainConfig.from_dict(state["train_config"])
+        tc = TrainConfig.from_dict({**state["train_config"], **(train_overrides or {})})
     cfg = cfg or CodecConfig()
-    tc = tc or TrainConfig()
+    tc = tc or TrainConfig(**(train_overrides or {}))
     torch.set_num_threads(max(1, tc.threads // world) if distributed else tc.threads)
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)

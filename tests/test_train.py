@@ -29,7 +29,8 @@ def test_train_resume_export(tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     assert all(float(r["loss"]) > 0 for r in rows)
 
-    ckpt = train(str(SAMPLES), str(out), tc=_tc(5), resume=True, progress=False)
+    ckpt = train(str(SAMPLES), str(out), resume=True, progress=False,
+                 train_overrides={"steps": 5})
     state2 = torch.load(ckpt, weights_only=False)
     assert state2["step"] == 5 and state2["config"] == state["config"]
     assert not torch.equal(state2["model"]["encoder.analysis.weight"],
