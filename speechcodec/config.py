@@ -105,7 +105,10 @@ class TrainConfig:
     # Quantizer dropout: each training example uses one of these codebook counts.
     codebook_choices: tuple[int, ...] = (3, 6, 12)
     ema_decay: float = 0.99
-    dead_code_threshold: float = 0.5
+    # EMA count below which a codeword is restarted. The EMA count is the mean number of
+    # vectors a codeword wins per step (about batch * frames / codebook_size = 0.8 here), so
+    # the threshold must sit well below that or live codewords are thrown away every step.
+    dead_code_threshold: float = 0.03
     # Loss weights (kept here, never hidden in the loss function).
     mel_log_weight: float = 1.0
     mel_linear_weight: float = 0.25

@@ -100,7 +100,7 @@ class ResidualVQ(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(
             VectorQuantizer(dim, codebook_size, decay) for _ in range(num_codebooks))
-        self.dead_threshold = 0.5
+        self.dead_threshold = 0.03
 
     @property
     def num_codebooks(self) -> int:

@@ -152,3 +152,26 @@ def test_release_roundtrip_is_strict_and_hashed(tiny_codec, tmp_path):
     torch.save(blob, bad)
     with pytest.raises(ModelError, match="does not match"):
         load_codec(str(bad))
+
+
+def test_dead_code_restart_moves_only_unused_codewords():
+    from speechcodec.quantizer import VectorQuantizer
+
+    torch.manual_seed(0)
+    vq = VectorQuantizer(dim=4, size=8, decay=0.9)
+    data = torch.randn(400, 4) + 10.0  # far away from every initial codeword
+    vq._init_from(data[:50])
+    vq.codebook[7] = -100.0  # a codeword no input will ever pick
+    vq.ema_sum[7] = -100.0
+    before = vq.codebook.clone()
+    for _ in range(40):
+        idx = vq.nearest(data)
+        vq.update(data, idx, dead_threshold=0.03)
+    used = torch.unique(vq.nearest(data))
+    assert 7 in used.tolist() or (vq.codebook[7] - before[7]).abs().min() > 50
+    # Codewords that keep winning are refined by the EMA, not thrown away:
+    # each stays close to the mean of its inputs.
+    idx = vq.nearest(data)
+    for k in torch.unique(idx):
+        mean = data[idx == k].mean(0)
+        assert (vq.codebook[k] - mean).norm() < 1.0
