@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
                        ("out_db", "out dB", 1), ("same_length", "length ok", -1)])
     print(f"\nstreams and reconstructions: {out}/<clip>_<kbps>kbps.spc / .wav")
     print(f"listen, e.g.: {out}/{files[0].stem}_3kbps.wav next to {files[0]}")
+
+    from .compare import write_demo_page
+
+    print("\nlistening page: the codec at each bitrate next to the installed classical codecs")
+    page = write_demo_page(files, out / "listen", codec)
+    print(f"open {page}")
     return 0
 
 
