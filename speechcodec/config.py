@@ -104,6 +104,9 @@ class TrainConfig:
     seed: int = 0
     # Quantizer dropout: each training example uses one of these codebook counts.
     codebook_choices: tuple[int, ...] = (3, 6, 12)
+    # Fraction of examples whose latents skip quantization (as Mimi trains): keeps every latent
+    # dimension useful to the decoder, so the encoder does not collapse onto a few of them.
+    bypass_prob: float = 0.0
     ema_decay: float = 0.99
     # EMA count below which a codeword is restarted. The EMA count is the mean number of
     # vectors a codeword wins per step (about batch * frames / codebook_size = 0.8 here), so

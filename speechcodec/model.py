@@ -120,12 +120,21 @@ class Codec(nn.Module):
         return Latency(frame, self.cfg.output_delay, self.cfg.sample_rate)
 
     # -- whole-signal API ---------------------------------------------------------------------
-    def forward(self, wav: torch.Tensor, num_codebooks: torch.Tensor | int | None = None
-                ) -> tuple[torch.Tensor, QuantizedResult]:
-        """Training pass: `wav [B, T]` -> (reconstruction `[B, T]` delayed, quantizer result)."""
+    def forward(self, wav: torch.Tensor, num_codebooks: torch.Tensor | int | None = None,
+                bypass: torch.Tensor | None = None) -> tuple[torch.Tensor, QuantizedResult]:
+        """Training pass: `wav [B, T]` -> (reconstruction `[B, T]` delayed, quantizer result).
+
+        `bypass [B]` (bool) sends those examples' continuous latents to the decoder unquantized.
+        Without it, latent directions the codebooks do not yet resolve reach the decoder only as
+        quantization noise, so the decoder never learns to use them and the encoder stops
+        filling them (we saw the latent collapse to 6 of 64 dimensions).
+        """
         z = self.encoder(wav)
         q = self.quantizer(z, num_codebooks)
-        return self.decoder(q.quantized), q
+        zq = q.quantized
+        if bypass is not None:
+            zq = torch.where(bypass[:, None, None], z, zq)
+        return self.decoder(zq), q
 
     @torch.no_grad()
     def encode(self, wav: torch.Tensor, num_codebooks: int) -> torch.Tensor:

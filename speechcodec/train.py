@@ -113,12 +113,13 @@ class MelLoss(torch.nn.Module):
 
 
 def reconstruction_loss(model: torch.nn.Module, delay: int, mel_loss: MelLoss, wav: torch.Tensor,
-                        num_codebooks: torch.Tensor, tc: TrainConfig) -> tuple[torch.Tensor, dict]:
+                        num_codebooks: torch.Tensor, tc: TrainConfig,
+                        bypass: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Mel losses between the input and the decoder output shifted back by `delay` samples.
 
     `model` is the Codec or its DistributedDataParallel wrapper (which syncs the gradients).
     """
-    recon, q = model(wav, num_codebooks)
+    recon, q = model(wav, num_codebooks, bypass)
     d = delay
     ref = wav[:, : wav.shape[1] - d]
     est = recon[:, d:]
@@ -250,7 +251,9 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
     while step < tc.steps:
         wav = sampler.batch(tc.batch_size // world if distributed else tc.batch_size)
         n_q = choices[torch.randint(len(choices), (wav.shape[0],), generator=gen)]
-        loss, parts = reconstruction_loss(model, cfg.output_delay, mel_loss, wav, n_q, tc)
+        bypass = torch.rand(wav.shape[0], generator=gen) < tc.bypass_prob
+        loss, parts = reconstruction_loss(model, cfg.output_delay, mel_loss, wav, n_q, tc,
+                                          bypass if tc.bypass_prob > 0 else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(codec.parameters(), tc.grad_clip)
