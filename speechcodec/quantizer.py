@@ -78,11 +78,14 @@ class VectorQuantizer(nn.Module):
         smoothed = (self.ema_count + self.eps) / (m + n * self.eps) * m
         self.codebook.copy_(self.ema_sum / smoothed[:, None])
         # Dead-code restart: codewords that (almost) never win are moved onto random inputs.
+        # The counts are pooled over processes, so every process takes the same branch here
+        # (and joins the same collectives); the new codewords come from process 0.
         dead = self.ema_count < dead_threshold
         num_dead = int(dead.sum())
-        if num_dead and x.shape[0]:
-            pick = torch.randint(0, x.shape[0], (num_dead,), device=x.device)
-            fresh = x[pick] + 1e-3 * torch.randn(num_dead, x.shape[1], device=x.device)
+        if num_dead:
+            source = x if x.shape[0] else self.codebook[~dead] if (~dead).any() else self.codebook
+            pick = torch.randint(0, source.shape[0], (num_dead,), device=x.device)
+            fresh = source[pick] + 1e-3 * torch.randn(num_dead, x.shape[1], device=x.device)
             replacement = self.codebook.clone()
             replacement[dead] = fresh
             if dist.is_available() and dist.is_initialized():
@@ -122,7 +125,9 @@ class ResidualVQ(nn.Module):
             stages = n_q
         else:
             per_example = n_q.to(z.device)
-            stages = int(per_example.max())
+            # In training every stage runs (and updates from its active examples), so that all
+            # data-parallel processes take part in the same collectives.
+            stages = self.num_codebooks if self.training else int(per_example.max())
         x = z.detach().transpose(1, 2).reshape(b * f, d)
         residual = x.clone()
         quantized = torch.zeros_like(x)
