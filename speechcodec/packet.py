@@ -1,0 +1,434 @@
+"""Packet format v1: how code frames travel over a network, and 16-bit sequence arithmetic.
+
+Like :mod:`speechcodec.bitstream` this module does not import torch; it needs only the standard
+library and numpy, so a relay or a packet inspector starts quickly.
+
+One packet carries ``F`` consecutive code frames (``F = 1``: one 20 ms frame per packet) of ``K``
+codebooks, and optionally a coarse copy (the first ``C`` codebooks) of the frames of the previous
+packet, for forward error correction. All multi-byte integers are big-endian (network order)::
+
+     0                   1                   2                   3
+     0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+    +-------+-------+---------------+-------------------------------+
+    |version| flags | codebook_bits |        sequence number        |
+    +-------+-------+---------------+-------------------------------+
+    |                  timestamp (samples at 16 kHz)                |
+    +---------------+---------------+---------------+---------------+
+    | num_codebooks |  num_frames   | fec_codebooks |               |
+    +---------------+---------------+---------------+               +
+    |        payload: (K + C) x F codes, B bits each, MSB first     |
+    +                               +-------------------------------+
+    |                               |    CRC-16 of all bytes above  |
+    +-------------------------------+-------------------------------+
+
+    Offset  Size  Field          Meaning
+    ------  ----  -------------  --------------------------------------------------------------
+         0   4 b  version        1 (the high nibble of byte 0)
+         0   4 b  flags          0x1 END: end of stream (no codes, see below); others reserved, 0
+         1     1  codebook_bits  B, bits per code (1..16; 10 for 1024-entry codebooks)
+         2     2  sequence       +1 per packet, wraps 65535 -> 0 (compare with seq_gt/seq_diff)
+         4     4  timestamp      sample index of the packet's first frame, wraps at 2**32
+         8     1  num_codebooks  K, codebooks per frame
+         9     1  num_frames     F, frames in this packet
+        10     1  fec_codebooks  C, codebooks of the FEC copy (0: no FEC; C <= K)
+        11     P  payload        P = ceil((K + C) * F * B / 8) bytes
+    11 + P     2  crc            CRC-16/CCITT-FALSE (binascii.crc_hqx, initial 0xFFFF)
+
+The payload is ``bitstream.pack_codes`` of the ``[K + C, F]`` array whose first K rows are this
+packet's codes and whose last C rows are the first C codebooks of the previous packet's F frames
+(frame f of the copy belongs at timestamp ``timestamp - (F - f) * frame_size`` for F-frame
+packets; the receiver computes that from the previous packet's timestamp, ``timestamp - F *
+frame_size``). Frame-major, so each frame's K codes are followed by its C FEC codes.
+
+An END packet (flag 0x1) has K = F = C = 0, its timestamp is the end of the coded frames
+(``num_frames * frame_size``), and its 12-byte payload is three u32: ``num_samples`` (the signal
+length at the codec rate), ``original_sample_rate`` and ``original_num_samples``, so a receiver
+can trim its output to exactly the sender's input.
+
+Overhead: 13 bytes per packet (11 header + 2 CRC). The CRC turns any corruption the channel
+causes into a lost packet: a receiver never decodes damaged codes. Every malformed or damaged
+packet raises :class:`PacketError`, whose message says what is wrong.
+"""
+
+from __future__ import annotations
+
+import binascii
+import operator
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bitstream import MAX_CODE_BITS, pack_codes, packed_size, unpack_codes
+
+__all__ = [
+    "CRC_SIZE",
+    "FLAG_END",
+    "HEADER_SIZE",
+    "MIN_PACKET_SIZE",
+    "OVERHEAD_BYTES",
+    "PACKET_VERSION",
+    "RTP_UDP_IPV4_BYTES",
+    "EndOfStream",
+    "Packet",
+    "PacketError",
+    "Packetizer",
+    "is_end_packet",
+    "nominal_rates",
+    "packetize",
+    "parse_packet",
+    "seq_add",
+    "seq_diff",
+    "seq_gt",
+    "serialize_packet",
+    "ts_diff",
+    "unwrap",
+]
+
+PACKET_VERSION: int = 1
+FLAG_END: int = 0x1
+_KNOWN_FLAGS = FLAG_END
+
+#: version|flags, codebook_bits, sequence, timestamp, num_codebooks, num_frames, fec_codebooks
+_HEADER = struct.Struct(">BBHIBBB")
+_CRC = struct.Struct(">H")
+_END = struct.Struct(">III")  # num_samples, original_sample_rate, original_num_samples
+
+HEADER_SIZE: int = _HEADER.size  # 11
+CRC_SIZE: int = _CRC.size  # 2
+#: Bytes our format adds to the payload of every packet.
+OVERHEAD_BYTES: int = HEADER_SIZE + CRC_SIZE  # 13
+MIN_PACKET_SIZE: int = OVERHEAD_BYTES
+#: Bytes the network would add per packet: RTP (12) + UDP (8) + IPv4 (20) headers.
+RTP_UDP_IPV4_BYTES: int = 12 + 8 + 20
+
+SEQ_BITS = 16
+TS_BITS = 32
+_U8, _U16, _U32 = 0xFF, 0xFFFF, 0xFFFF_FFFF
+
+
+class PacketError(ValueError):
+    """A byte string that is not a valid v1 packet (truncated, damaged, or invalid fields)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Wrapping arithmetic (sequence numbers mod 2**16, timestamps mod 2**32)
+# --------------------------------------------------------------------------------------------
+
+
+def seq_add(seq: int, n: int, bits: int = SEQ_BITS) -> int:
+    """``seq + n`` modulo ``2**bits``."""
+    return (seq + n) & ((1 << bits) - 1)
+
+
+def seq_diff(a: int, b: int, bits: int = SEQ_BITS) -> int:
+    """Signed distance ``a - b`` on the circle, in ``[-2**(bits-1), 2**(bits-1))``.
+
+    ``seq_diff(2, 65534) == 4``: 2 comes four packets after 65534 across the wrap.
+    """
+    half = 1 << (bits - 1)
+    return ((a - b + half) & ((1 << bits) - 1)) - half
+
+
+def seq_gt(a: int, b: int, bits: int = SEQ_BITS) -> bool:
+    """Whether ``a`` comes after ``b`` (as RFC 1982 serial numbers; ``seq_gt(0, 65535)``)."""
+    return seq_diff(a, b, bits) > 0
+
+
+def ts_diff(a: int, b: int) -> int:
+    """Signed distance ``a - b`` between two 32-bit timestamps."""
+    return seq_diff(a, b, TS_BITS)
+
+
+def unwrap(value: int, reference: int, bits: int = SEQ_BITS) -> int:
+    """The unbounded integer congruent to ``value`` mod ``2**bits`` that is nearest to
+    ``reference`` (an unbounded, already unwrapped value): how a receiver turns wrapping
+    sequence numbers or timestamps into a monotonic count."""
+    return reference + seq_diff(value, reference & ((1 << bits) - 1), bits)
+
+
+# --------------------------------------------------------------------------------------------
+# Packets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """What an END packet tells the receiver: the lengths to restore."""
+
+    num_samples: int  # signal length at the codec rate
+    original_sample_rate: int
+    original_num_samples: int
+
+
+def _int_field(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be in {low}..{high}, got {number}")
+    return number
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Packet:
+    """One packet: ``codes [K, F]``, an optional FEC copy ``fec [C, F]`` of the previous packet's
+    frames (first C codebooks), or the END marker.
+
+    Attributes:
+        seq: 16-bit sequence number.
+        timestamp: 32-bit sample index (codec rate) of the first frame.
+        codes: int64 ``[K, F]`` (None or empty for END).
+        fec: int64 ``[C, F]`` (``C = 0``: no FEC).
+        codebook_bits: bits per code.
+        end: set for an END packet (then ``codes`` and ``fec`` are empty).
+    """
+
+    seq: int
+    timestamp: int
+    codes: np.ndarray | None = None
+    fec: np.ndarray | None = None
+    codebook_bits: int = 10
+    end: EndOfStream | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seq", _int_field("seq", self.seq, 0, _U16))
+        object.__setattr__(self, "timestamp", _int_field("timestamp", self.timestamp, 0, _U32))
+        object.__setattr__(self, "codebook_bits",
+                           _int_field("codebook_bits", self.codebook_bits, 1, MAX_CODE_BITS))
+        codes = np.zeros((0, 0), np.int64) if self.codes is None else np.asarray(self.codes)
+        if codes.ndim != 2:
+            raise ValueError(f"codes must be [K, F], got shape {codes.shape}")
+        fec = np.zeros((0, codes.shape[1]), np.int64) if self.fec is None else np.asarray(
+            self.fec)
+        if fec.ndim != 2 or (fec.shape[0] and fec.shape[1] != codes.shape[1]):
+            raise ValueError(f"fec must be [C, F] with F = {codes.shape[1]}, got {fec.shape}")
+        if fec.shape[0] > codes.shape[0]:
+            raise ValueError(f"fec has {fec.shape[0]} codebooks, more than the {codes.shape[0]} "
+                             "of the packet")
+        fec = fec.reshape(fec.shape[0], codes.shape[1])
+        for name, n in (("num_codebooks", codes.shape[0]), ("num_frames", codes.shape[1])):
+            _int_field(name, n, 0, _U8)
+        if self.end is not None and codes.size + fec.size:
+            raise ValueError("an END packet carries no codes")
+        if self.end is None and codes.size == 0:
+            raise ValueError("a media packet needs at least one codebook and one frame")
+        for arr in (codes, fec):
+            if arr.size and arr.dtype.kind not in "iu":
+                raise ValueError(f"codes must be integers, got dtype {arr.dtype}")
+        object.__setattr__(self, "codes", codes.astype(np.int64, copy=False))
+        object.__setattr__(self, "fec", fec.astype(np.int64, copy=False))
+
+    @property
+    def num_codebooks(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.codes.shape[1])
+
+    @property
+    def fec_codebooks(self) -> int:
+        return int(self.fec.shape[0])
+
+    @property
+    def is_end(self) -> bool:
+        return self.end is not None
+
+    @property
+    def payload_bytes(self) -> int:
+        if self.end is not None:
+            return _END.size
+        return packed_size(self.num_codebooks + self.fec_codebooks, self.num_frames,
+                           self.codebook_bits)
+
+    @property
+    def size(self) -> int:
+        """Serialized size in bytes."""
+        return OVERHEAD_BYTES + self.payload_bytes
+
+    def __repr__(self) -> str:
+        if self.end is not None:
+            return f"Packet(END seq={self.seq} ts={self.timestamp} samples={self.end.num_samples})"
+        return (f"Packet(seq={self.seq} ts={self.timestamp} K={self.num_codebooks} "
+                f"F={self.num_frames} fec={self.fec_codebooks} {self.size} B)")
+
+
+def serialize_packet(packet: Packet) -> bytes:
+    """``packet`` -> bytes; ``parse_packet(serialize_packet(p))`` equals ``p`` field by field.
+
+    Raises:
+        ValueError: a code does not fit in ``codebook_bits``.
+    """
+    flags = FLAG_END if packet.end is not None else 0
+    header = _HEADER.pack((PACKET_VERSION << 4) | flags, packet.codebook_bits, packet.seq,
+                          packet.timestamp, packet.num_codebooks, packet.num_frames,
+                          packet.fec_codebooks)
+    if packet.end is not None:
+        e = packet.end
+        payload = _END.pack(_int_field("num_samples", e.num_samples, 0, _U32),
+                            _int_field("original_sample_rate", e.original_sample_rate, 1, _U32),
+                            _int_field("original_num_samples", e.original_num_samples, 0, _U32))
+    else:
+        payload = pack_codes(np.concatenate([packet.codes, packet.fec]), packet.codebook_bits)
+    body = header + payload
+    return body + _CRC.pack(crc16(body))
+
+
+def crc16(data: bytes | bytearray | memoryview) -> int:
+    """CRC-16/CCITT-FALSE (polynomial 0x1021, initial 0xFFFF): ``crc16(b"123456789") == 0x29B1``."""
+    return binascii.crc_hqx(data, 0xFFFF)
+
+
+def is_end_packet(data: bytes | bytearray | memoryview) -> bool:
+    """Cheap check for an intact END packet (version, flag and CRC), without parsing the rest."""
+    view = memoryview(data).cast("B")
+    return (len(view) == OVERHEAD_BYTES + _END.size and view[0] == (PACKET_VERSION << 4) | FLAG_END
+            and _CRC.unpack_from(view, len(view) - CRC_SIZE)[0] == crc16(view[:-CRC_SIZE]))
+
+
+def parse_packet(data: bytes | bytearray | memoryview) -> Packet:
+    """Parse and validate one packet.
+
+    Checks, in order: length, version, CRC, flags, fields, payload length, padding bits.
+
+    Raises:
+        PacketError: for anything but exactly one intact v1 packet.
+    """
+    view = memoryview(data).cast("B")
+    size = len(view)
+    if size < MIN_PACKET_SIZE:
+        raise PacketError(f"packet truncated: {size} bytes, a packet is at least "
+                          f"{MIN_PACKET_SIZE}")
+    version = view[0] >> 4
+    if version != PACKET_VERSION:
+        raise PacketError(f"unsupported packet version {version} (this build reads "
+                          f"version {PACKET_VERSION})")
+    (stored,) = _CRC.unpack_from(view, size - CRC_SIZE)
+    if stored != crc16(view[: size - CRC_SIZE]):
+        raise PacketError("packet damaged: checksum mismatch")
+    # Intact from here on: anything wrong below was sent that way.
+    vflags, bits, seq, ts, k, f, c = _HEADER.unpack_from(view, 0)
+    flags = vflags & 0xF
+    if flags & ~_KNOWN_FLAGS:
+        raise PacketError(f"unsupported packet flags 0x{flags:x}")
+    if not 1 <= bits <= MAX_CODE_BITS:
+        raise PacketError(f"invalid packet: codebook_bits {bits} outside 1..{MAX_CODE_BITS}")
+    payload = view[HEADER_SIZE: size - CRC_SIZE]
+    if flags & FLAG_END:
+        if k or f or c:
+            raise PacketError("invalid packet: END packet with codes")
+        if len(payload) != _END.size:
+            raise PacketError(f"invalid END packet: payload is {len(payload)} bytes, "
+                              f"expected {_END.size}")
+        n, rate, orig = _END.unpack_from(payload, 0)
+        if rate == 0:
+            raise PacketError("invalid END packet: original_sample_rate 0")
+        return Packet(seq, ts, codebook_bits=bits, end=EndOfStream(n, rate, orig))
+    if k == 0 or f == 0:
+        raise PacketError(f"invalid packet: {k} codebooks x {f} frames")
+    if c > k:
+        raise PacketError(f"invalid packet: {c} FEC codebooks but only {k} codebooks")
+    expected = packed_size(k + c, f, bits)
+    if len(payload) != expected:
+        raise PacketError(f"packet truncated or padded: payload is {len(payload)} bytes, "
+                          f"{k}+{c} codebooks x {f} frames x {bits} bits need {expected}")
+    try:
+        codes = unpack_codes(bytes(payload), k + c, f, bits)
+    except ValueError as exc:
+        raise PacketError(f"invalid packet payload: {exc}") from None
+    return Packet(seq, ts, codes[:k], codes[k:], codebook_bits=bits)
+
+
+# --------------------------------------------------------------------------------------------
+# Sender side: frames -> packets
+# --------------------------------------------------------------------------------------------
+
+
+class Packetizer:
+    """Groups code frames into packets as they are produced.
+
+    ``push(codes [K, n])`` returns the packets completed so far (F frames each); ``flush()``
+    returns a last, shorter packet for frames left over; ``end(...)`` the END packet. With
+    ``fec_codebooks = C > 0`` every packet after the first also carries the first C codebooks of
+    the previous packet's frames.
+    """
+
+    def __init__(self, codebook_bits: int, frame_size: int, frames_per_packet: int = 1,
+                 fec_codebooks: int = 0, first_seq: int = 0, first_timestamp: int = 0) -> None:
+        self.codebook_bits = _int_field("codebook_bits", codebook_bits, 1, MAX_CODE_BITS)
+        self.frame_size = _int_field("frame_size", frame_size, 1, _U32)
+        self.frames_per_packet = _int_field("frames_per_packet", frames_per_packet, 1, _U8)
+        self.fec_codebooks = _int_field("fec_codebooks", fec_codebooks, 0, _U8)
+        self.seq = _int_field("first_seq", first_seq, 0, _U16)
+        self.timestamp = _int_field("first_timestamp", first_timestamp, 0, _U32)
+        self.frames_sent = 0
+        self._pending: list[np.ndarray] = []  # columns [K]
+        self._previous: np.ndarray | None = None
+
+    def _emit(self, codes: np.ndarray) -> Packet:
+        k = codes.shape[0]
+        if self.fec_codebooks > k:
+            raise ValueError(f"fec_codebooks {self.fec_codebooks} exceeds the {k} codebooks sent")
+        fec = None
+        prev = self._previous
+        if self.fec_codebooks and prev is not None and prev.shape[1] == codes.shape[1]:
+            fec = prev[: self.fec_codebooks]
+        packet = Packet(self.seq, self.timestamp, codes, fec, self.codebook_bits)
+        self._previous = codes
+        self.seq = seq_add(self.seq, 1)
+        self.timestamp = seq_add(self.timestamp, codes.shape[1] * self.frame_size, TS_BITS)
+        self.frames_sent += codes.shape[1]
+        return packet
+
+    def push(self, codes: np.ndarray) -> list[Packet]:
+        """Add frames ``codes [K, n]``; return the packets now complete."""
+        arr = np.asarray(codes)
+        if arr.ndim != 2:
+            raise ValueError(f"codes must be [K, n], got shape {arr.shape}")
+        self._pending.extend(arr.T)
+        out = []
+        f = self.frames_per_packet
+        while len(self._pending) >= f:
+            block, self._pending = self._pending[:f], self._pending[f:]
+            out.append(self._emit(np.stack(block, axis=1)))
+        return out
+
+    def flush(self) -> list[Packet]:
+        """Send any frames left over as one shorter packet (without FEC: its size differs)."""
+        if not self._pending:
+            return []
+        block, self._pending = self._pending, []
+        return [self._emit(np.stack(block, axis=1))]
+
+    def end(self, num_samples: int, original_sample_rate: int,
+            original_num_samples: int) -> Packet:
+        """The END packet (does not advance the sequence number, so repeats are identical)."""
+        return Packet(self.seq, self.timestamp, codebook_bits=self.codebook_bits,
+                      end=EndOfStream(num_samples, original_sample_rate, original_num_samples))
+
+
+def packetize(codes: np.ndarray, codebook_bits: int, frame_size: int, frames_per_packet: int = 1,
+              fec_codebooks: int = 0, first_seq: int = 0) -> list[Packet]:
+    """All media packets for ``codes [K, F]`` (no END packet)."""
+    p = Packetizer(codebook_bits, frame_size, frames_per_packet, fec_codebooks, first_seq)
+    return p.push(codes) + p.flush()
+
+
+def nominal_rates(num_codebooks: int, fec_codebooks: int, frames_per_packet: int,
+                  codebook_bits: int, frame_rate: float) -> dict[str, float]:
+    """Bitrates in kbit/s of a stream of full packets: ``payload_kbps`` (the codes),
+    ``fec_kbps`` (the FEC copies), ``packet_kbps`` (whole packets, our header and CRC included)
+    and ``rtp_udp_ipv4_kbps`` (what those headers would add on a real network)."""
+    packets_per_s = frame_rate / frames_per_packet
+    size = OVERHEAD_BYTES + packed_size(num_codebooks + fec_codebooks, frames_per_packet,
+                                        codebook_bits)
+    return {
+        "payload_kbps": num_codebooks * codebook_bits * frame_rate / 1000,
+        "fec_kbps": fec_codebooks * codebook_bits * frame_rate / 1000,
+        "packet_kbps": size * 8 * packets_per_s / 1000,
+        "rtp_udp_ipv4_kbps": RTP_UDP_IPV4_BYTES * 8 * packets_per_s / 1000,
+    }

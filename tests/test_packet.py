@@ -1,0 +1,250 @@
+"""Packet format v1: round trips, every kind of damage, and 16-bit sequence arithmetic."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from speechcodec.bitstream import packed_size
+from speechcodec.packet import (
+    CRC_SIZE,
+    HEADER_SIZE,
+    OVERHEAD_BYTES,
+    EndOfStream,
+    Packet,
+    PacketError,
+    Packetizer,
+    crc16,
+    is_end_packet,
+    nominal_rates,
+    packetize,
+    parse_packet,
+    seq_add,
+    seq_diff,
+    seq_gt,
+    serialize_packet,
+    ts_diff,
+    unwrap,
+)
+
+
+@st.composite
+def packets(draw):
+    bits = draw(st.integers(1, 16))
+    k = draw(st.integers(1, 12))
+    f = draw(st.integers(1, 4))
+    c = draw(st.integers(0, k))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    codes = rng.integers(0, 1 << bits, size=(k, f))
+    fec = rng.integers(0, 1 << bits, size=(c, f))
+    return Packet(draw(st.integers(0, 0xFFFF)), draw(st.integers(0, 2**32 - 1)), codes, fec,
+                  codebook_bits=bits)
+
+
+def _same(a: Packet, b: Packet) -> bool:
+    return (a.seq, a.timestamp, a.codebook_bits, a.end) == (b.seq, b.timestamp, b.codebook_bits,
+                                                            b.end) and \
+        np.array_equal(a.codes, b.codes) and np.array_equal(a.fec, b.fec)
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + struct.pack(">H", crc16(body))
+
+
+def _media(k=6, f=1, c=3, bits=10) -> Packet:
+    rng = np.random.default_rng(0)
+    return Packet(7, 320, rng.integers(0, 1 << bits, (k, f)), rng.integers(0, 1 << bits, (c, f)),
+                  codebook_bits=bits)
+
+
+@settings(max_examples=60, deadline=None)
+@given(packets())
+def test_roundtrip_and_size(p):
+    data = serialize_packet(p)
+    assert len(data) == p.size == OVERHEAD_BYTES + packed_size(
+        p.num_codebooks + p.fec_codebooks, p.num_frames, p.codebook_bits)
+    q = parse_packet(data)
+    assert _same(p, q)
+    assert serialize_packet(q) == data
+
+
+def test_end_packet_roundtrip():
+    p = Packet(65535, 2**32 - 320, end=EndOfStream(12345, 44100, 34000))
+    data = serialize_packet(p)
+    assert is_end_packet(data) and not is_end_packet(serialize_packet(_media()))
+    q = parse_packet(data)
+    assert q.is_end and q.end == p.end and q.seq == 65535 and q.num_frames == 0
+    assert "END" in repr(q)
+
+
+def test_layout_matches_the_diagram():
+    p = Packet(0x1234, 0x01020304, np.array([[1], [2]]), np.array([[3]]), codebook_bits=10)
+    data = serialize_packet(p)
+    assert data[0] == 0x10 and data[1] == 10
+    assert data[2:4] == b"\x12\x34" and data[4:8] == b"\x01\x02\x03\x04"
+    assert tuple(data[8:11]) == (2, 1, 1)
+    # codes 1, 2 then FEC 3, 10 bits each, MSB first: 0000000001 0000000010 0000000011 00
+    assert data[HEADER_SIZE:-CRC_SIZE] == bytes([0x00, 0x40, 0x20, 0x0C])
+    assert struct.unpack(">H", data[-2:])[0] == crc16(data[:-2])
+
+
+def test_crc16_check_value():
+    assert crc16(b"123456789") == 0x29B1
+
+
+def test_repr_is_short():
+    r = repr(_media())
+    assert r.startswith("Packet(seq=7") and "K=6" in r and len(r) < 80
+
+
+def test_every_truncation_is_an_error():
+    data = serialize_packet(_media())
+    for n in range(len(data)):
+        with pytest.raises(PacketError):
+            parse_packet(data[:n])
+
+
+def test_truncation_message():
+    with pytest.raises(PacketError, match="truncated"):
+        parse_packet(b"\x10\x0a")
+
+
+def test_trailing_bytes_are_an_error():
+    data = serialize_packet(_media())
+    with pytest.raises(PacketError):
+        parse_packet(data + b"\x00")
+    # also when the CRC is recomputed over the longer packet
+    with pytest.raises(PacketError, match="payload"):
+        parse_packet(_with_crc(data[:-2] + b"\x00"))
+
+
+def test_every_single_bit_flip_is_detected():
+    data = serialize_packet(_media())
+    for bit in range(8 * len(data)):
+        bad = bytearray(data)
+        bad[bit // 8] ^= 0x80 >> (bit % 8)
+        with pytest.raises(PacketError):
+            parse_packet(bytes(bad))
+
+
+def test_bad_fields_with_valid_crc():
+    good = serialize_packet(_media(k=2, f=1, c=1))
+    body = bytearray(good[:-2])
+    cases = {
+        "version": (0, 0x20),
+        "flags": (0, 0x14),
+        "codebook_bits": (1, 0),
+        "FEC": (10, 3),  # 3 FEC codebooks > 2 codebooks
+        "codebooks x": (8, 0),  # K = 0
+    }
+    for offset, value in cases.values():
+        b = bytearray(body)
+        b[offset] = value
+        with pytest.raises(PacketError):
+            parse_packet(_with_crc(bytes(b)))
+    # END packet that claims codes
+    end = bytearray(serialize_packet(Packet(1, 0, end=EndOfStream(1, 16000, 1)))[:-2])
+    end[8] = 1
+    with pytest.raises(PacketError, match="END"):
+        parse_packet(_with_crc(bytes(end)))
+
+
+def test_version_error_names_the_version():
+    data = bytearray(serialize_packet(_media()))
+    data[0] = 0x20
+    with pytest.raises(PacketError, match="version 2"):
+        parse_packet(bytes(data))
+
+
+def test_nonzero_padding_is_an_error():
+    p = Packet(1, 0, np.array([[1]]), codebook_bits=10)  # 10 bits -> 2 bytes, 6 pad bits
+    body = bytearray(serialize_packet(p)[:-2])
+    body[-1] |= 0x01
+    with pytest.raises(PacketError, match="padding"):
+        parse_packet(_with_crc(bytes(body)))
+
+
+def test_invalid_packets_cannot_be_built():
+    with pytest.raises(ValueError):
+        Packet(70000, 0, np.zeros((1, 1), int))
+    with pytest.raises(ValueError):
+        Packet(0, 0, np.zeros((2, 1), int), np.zeros((3, 1), int))  # FEC wider than codes
+    with pytest.raises(ValueError):
+        Packet(0, 0, np.zeros((0, 0), int))  # media packet without codes
+    with pytest.raises(ValueError):
+        serialize_packet(Packet(0, 0, np.array([[1024]]), codebook_bits=10))
+
+
+# -- sequence numbers -------------------------------------------------------------------------
+
+
+def test_sequence_helpers_across_the_wrap():
+    assert seq_add(65535, 1) == 0 and seq_add(0, -1) == 65535 and seq_add(65530, 10) == 4
+    assert seq_diff(2, 65534) == 4 and seq_diff(65534, 2) == -4 and seq_diff(5, 5) == 0
+    assert seq_gt(0, 65535) and not seq_gt(65535, 0) and not seq_gt(3, 3)
+    assert seq_gt(100, 65000) and seq_gt(65000, 33000) and not seq_gt(65000, 32000)
+    assert ts_diff(10, 2**32 - 10) == 20
+
+
+@given(st.integers(0, 0xFFFF), st.integers(-32768, 32767))
+def test_seq_diff_inverts_seq_add(a, n):
+    b = seq_add(a, n)
+    assert seq_diff(b, a) == n
+    assert seq_gt(b, a) == (n > 0)
+
+
+def test_unwrap_counts_through_the_wrap():
+    ref = 65530
+    out = []
+    for i in range(20):
+        ref = unwrap(seq_add(65530, i), ref)
+        out.append(ref)
+    assert out == list(range(65530, 65550))
+    assert unwrap(65535, 65536 + 2) == 65535  # a late packet from before the wrap
+
+
+# -- packetizer -------------------------------------------------------------------------------
+
+
+def test_packetizer_seq_wrap_timestamps_and_fec():
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 1024, (6, 7))
+    pk = packetize(codes, 10, 320, frames_per_packet=2, fec_codebooks=2, first_seq=65534)
+    assert [p.seq for p in pk] == [65534, 65535, 0, 1]
+    assert [p.timestamp for p in pk] == [0, 640, 1280, 1920]
+    assert [p.num_frames for p in pk] == [2, 2, 2, 1]
+    assert pk[0].fec_codebooks == 0  # nothing before the first packet
+    for prev, p in itertools.pairwise(pk[:3]):
+        assert np.array_equal(p.fec, prev.codes[:2])
+    assert pk[3].fec_codebooks == 0  # the short last packet has no same-shaped predecessor
+    assert np.array_equal(np.concatenate([p.codes for p in pk], axis=1), codes)
+
+
+def test_packetizer_streams_like_packetize():
+    codes = np.random.default_rng(0).integers(0, 1024, (3, 10))
+    p = Packetizer(10, 320, 3, fec_codebooks=1)
+    got = p.push(codes[:, :4]) + p.push(codes[:, 4:5]) + p.push(codes[:, 5:]) + p.flush()
+    ref = packetize(codes, 10, 320, 3, 1)
+    assert [serialize_packet(a) for a in got] == [serialize_packet(b) for b in ref]
+    end = p.end(3000, 16000, 3000)
+    assert end.timestamp == 10 * 320 and end.seq == 4 and end.is_end
+
+
+def test_nominal_rates():
+    r = nominal_rates(6, 3, 1, 10, 50.0)
+    assert r["payload_kbps"] == pytest.approx(3.0) and r["fec_kbps"] == pytest.approx(1.5)
+    assert r["packet_kbps"] == pytest.approx((13 + 12) * 8 * 50 / 1000)
+    assert r["rtp_udp_ipv4_kbps"] == pytest.approx(16.0)
+
+
+def test_modules_do_not_import_torch():
+    code = ("import sys, speechcodec.packet, speechcodec.channel; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
