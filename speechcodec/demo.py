@@ -63,6 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nstreams and reconstructions: {out}/<clip>_<kbps>kbps.spc / .wav")
     print(f"listen, e.g.: {out}/{files[0].stem}_3kbps.wav next to {files[0]}")
 
+    from .channel import make_channel
+    from .receiver import format_comparison, simulate
+
+    clip = load_audio(files[0], codec.cfg.sample_rate).samples
+    print(f"\nthe network: {files[0].name} at 3 kbps, 20 ms packets, 40 ms playout delay")
+    lossless = simulate(codec, clip, 3.0)
+    lossy = simulate(codec, clip, 3.0, make_channel(loss=0.10, burst=2.5, jitter=0.03, seed=1),
+                     fec_codebooks=3)
+    print(format_comparison([("lossless", lossless),
+                             ("10% bursty loss + 30 ms jitter, concealment + FEC", lossy)]))
+    write_wav(out / f"{files[0].stem}_3kbps_10pct_loss.wav", lossy.samples,
+              codec.cfg.sample_rate)
+    print(f"lossy call: {out / (files[0].stem + '_3kbps_10pct_loss.wav')}")
+
     from .compare import write_demo_page
 
     print("\nlistening page: the codec at each bitrate next to the installed classical codecs")
