@@ -360,10 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", help="folder (default: the package's pretrained/ folder)")
     x.set_defaults(func=cmd_export)
 
-    from . import cli_compare, cli_net
+    from . import cli_compare, cli_explain, cli_net
 
     cli_net.add_commands(sub)
     cli_compare.add_commands(sub)
+    cli_explain.add_commands(sub)
     return p
 
 
