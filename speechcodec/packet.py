@@ -53,13 +53,12 @@ packet raises :class:`PacketError`, whose message says what is wrong.
 from __future__ import annotations
 
 import binascii
-import operator
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 
-from .bitstream import MAX_CODE_BITS, pack_codes, packed_size, unpack_codes
+from .bitstream import MAX_CODE_BITS, _int_field, pack_codes, packed_size, unpack_codes
 
 __all__ = [
     "CRC_SIZE",
@@ -159,18 +158,6 @@ class EndOfStream:
     num_samples: int  # signal length at the codec rate
     original_sample_rate: int
     original_num_samples: int
-
-
-def _int_field(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if not low <= number <= high:
-        raise ValueError(f"{name} must be in {low}..{high}, got {number}")
-    return number
 
 
 @dataclass(frozen=True, eq=False, repr=False)
