@@ -19,8 +19,9 @@ class CodecConfig:
     Encoder: a learned analysis conv (`analysis_window` samples, hop `frame_size`), then
     `encoder_blocks` causal ConvNeXt-1D blocks of `encoder_width` channels at frame rate, then a
     projection to `latent_dim`. Quantizer: residual VQ with `num_codebooks` codebooks of
-    `codebook_size` entries. Decoder: `decoder_blocks_low` blocks at frame rate, a 2x upsampling,
-    `decoder_blocks_high` blocks at twice the frame rate, and an inverse-STFT head (`n_fft`,
+    `codebook_size` entries, each matched in its own `codebook_dim`-d projection. Decoder:
+    `decoder_blocks_low` blocks at frame rate, a 2x upsampling, `decoder_blocks_high` blocks at
+    twice the frame rate, and an inverse-STFT head (`n_fft`,
     hop `frame_size // 2`). The decoder is trained to reproduce the input delayed by
     `output_delay` samples; that delay is the model's lookahead and counts in its latency.
     """
@@ -38,6 +39,8 @@ class CodecConfig:
     latent_dim: int = 64
     num_codebooks: int = 12
     codebook_size: int = 1024
+    # Each residual stage matches codewords in its own learned `codebook_dim`-d projection.
+    codebook_dim: int = 8
     n_fft: int = 480
     output_delay: int = 320
 
@@ -48,6 +51,8 @@ class CodecConfig:
             raise ValueError("analysis_window must be a multiple of frame_size")
         if self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1):
             raise ValueError("codebook_size must be a power of two")
+        if self.codebook_dim < 1:
+            raise ValueError("codebook_dim must be >= 1")
         if self.n_fft % 2 or self.n_fft < self.hop:
             raise ValueError("n_fft must be even and at least the hop")
         if not self.output_delay >= 0:
@@ -117,8 +122,18 @@ class TrainConfig:
     mel_linear_weight: float = 0.25
     commit_weight: float = 0.25
     mel_windows: tuple[int, ...] = (128, 256, 512, 1024, 2048)
+    # Log-magnitude L1 on linear-frequency STFTs: above about 1.5 kHz mel bands are wider than
+    # the spacing of voice harmonics, so a mel loss alone lets the decoder smear them.
+    stft_weight: float = 1.0
+    stft_windows: tuple[int, ...] = (512, 1024, 2048)
     # Augmentation: random gain in dB applied to each training segment.
     gain_db_range: tuple[float, float] = (-18.0, 3.0)
+    # Fraction of segments band-limited to a telephone band (cut-off drawn from 3.4-4 kHz), and
+    # fraction given a random peaking EQ of up to +-`eq_db` dB: the codec must keep 8 kHz-band
+    # audio upsampled to 16 kHz, and other microphones, as they are.
+    bandlimit_prob: float = 0.1
+    eq_prob: float = 0.3
+    eq_db: float = 6.0
     log_every: int = 50
     valid_every: int = 2000
     valid_files: int = 12
@@ -131,7 +146,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
-        for k in ("betas", "codebook_choices", "mel_windows", "gain_db_range"):
+        for k in ("betas", "codebook_choices", "mel_windows", "stft_windows", "gain_db_range"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)

@@ -99,7 +99,8 @@ class Codec(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
-        self.quantizer = ResidualVQ(cfg.latent_dim, cfg.num_codebooks, cfg.codebook_size)
+        self.quantizer = ResidualVQ(cfg.latent_dim, cfg.num_codebooks, cfg.codebook_size,
+                                     cfg.codebook_dim)
         self.decoder = Decoder(cfg)
         self.model_id = "untrained"
         self.weights_hash = "0" * 16

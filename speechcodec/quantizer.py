@@ -1,8 +1,20 @@
-"""Residual vector quantizer with EMA codebooks, data initialisation and dead-code restart.
+"""Residual vector quantizer with factorized, cosine-matched EMA codebooks.
 
 Stage k quantizes what stages 0..k-1 left over, so the first K codebooks alone already give a
 complete (coarser) reconstruction. Training with a random K per example (quantizer dropout) makes
 one model serve every bitrate: K codebooks of 2^bits entries cost K * bits bits per frame.
+
+Each stage works in a small space of its own (as DAC does): a learned projection takes the
+`[B, D, F]` residual down to `codebook_dim` numbers per frame, the nearest codeword is found by
+cosine similarity there, and a second projection brings the codeword back to D. Why: with 1,024
+codewords spread over 64 dimensions, Euclidean k-means resolves only the few directions of largest
+variance, and the commitment loss then teaches the encoder to switch the others off (the first
+model collapsed to 6 of 64 dimensions). In 8 dimensions 1,024 codewords cover the space densely,
+each stage chooses through its projection which directions of the residual to refine, and every
+codeword stays in use.
+
+Codewords are centroids of the (raw, un-normalized) projected vectors they win, kept by
+exponential moving averages, with data initialisation and dead-code restart.
 """
 
 from __future__ import annotations
@@ -19,9 +31,10 @@ from torch import nn
 class QuantizedResult:
     """What the quantizer returns in training and in inference.
 
-    quantized: `[B, D, F]` the sum of the selected codewords (straight-through in training).
+    quantized: `[B, D, F]` the sum of the selected stages' outputs (straight-through in training).
     codes: `[B, K, F]` int64 codeword indices, K = number of codebooks computed.
-    commit_loss: scalar, mean squared distance between latents and their quantized value.
+    commit_loss: scalar, mean squared distance between each active stage's projected input and
+        its codeword (summed over stages).
     """
 
     quantized: torch.Tensor
@@ -36,28 +49,34 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
 
 
 class VectorQuantizer(nn.Module):
-    """One codebook `[N, D]` updated by exponential moving averages of its assignments."""
+    """One stage: `in_proj` D -> d, a codebook `[N, d]` matched by cosine, `out_proj` d -> D."""
 
-    def __init__(self, dim: int, size: int, decay: float = 0.99, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, size: int, codebook_dim: int = 8, decay: float = 0.99,
+                 eps: float = 1e-5) -> None:
         super().__init__()
         self.decay = decay
         self.eps = eps
-        self.register_buffer("codebook", torch.randn(size, dim) * 0.1)
+        self.in_proj = nn.Linear(dim, codebook_dim)
+        self.out_proj = nn.Linear(codebook_dim, dim)
+        self.register_buffer("codebook", torch.randn(size, codebook_dim))
         self.register_buffer("ema_count", torch.ones(size))
         self.register_buffer("ema_sum", self.codebook.clone())
         self.register_buffer("initialised", torch.tensor(False))
 
-    def nearest(self, x: torch.Tensor) -> torch.Tensor:
-        """`x [M, D]` -> indices `[M]` of the nearest codewords (squared Euclidean)."""
-        cb = self.codebook
-        dist2 = (x.pow(2).sum(1, keepdim=True) - 2 * x @ cb.t() + cb.pow(2).sum(1)[None])
-        return dist2.argmin(dim=1)
+    def nearest(self, e: torch.Tensor) -> torch.Tensor:
+        """Projected vectors `e [M, d]` -> indices `[M]` of the codewords closest in angle."""
+        sim = F.normalize(e, dim=1) @ F.normalize(self.codebook, dim=1).t()
+        return sim.argmax(dim=1)
+
+    def lookup(self, idx: torch.Tensor) -> torch.Tensor:
+        """Indices `[...]` -> this stage's contribution `[..., D]` in latent space."""
+        return self.out_proj(F.embedding(idx, self.codebook))
 
     @torch.no_grad()
-    def _init_from(self, x: torch.Tensor) -> None:
+    def _init_from(self, e: torch.Tensor) -> None:
         n = self.codebook.shape[0]
-        idx = torch.randint(0, x.shape[0], (n,), device=x.device)
-        cb = x[idx] + 1e-3 * torch.randn_like(x[idx])
+        idx = torch.randint(0, e.shape[0], (n,), device=e.device)
+        cb = e[idx] + 1e-3 * torch.randn_like(e[idx])
         if dist.is_available() and dist.is_initialized():
             dist.broadcast(cb, 0)
         self.codebook.copy_(cb)
@@ -66,12 +85,13 @@ class VectorQuantizer(nn.Module):
         self.initialised.fill_(True)
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor, idx: torch.Tensor, dead_threshold: float) -> None:
-        """EMA step from the vectors `x [M, D]` assigned to `idx [M]` (all processes pooled)."""
+    def update(self, e: torch.Tensor, idx: torch.Tensor, dead_threshold: float) -> None:
+        """EMA step from the projected vectors `e [M, d]` assigned to `idx [M]` (all processes
+        pooled)."""
         n = self.codebook.shape[0]
-        onehot = F.one_hot(idx, n).type_as(x)
+        onehot = F.one_hot(idx, n).type_as(e)
         count = _all_reduce(onehot.sum(0))
-        total = _all_reduce(onehot.t() @ x)
+        total = _all_reduce(onehot.t() @ e)
         self.ema_count.mul_(self.decay).add_(count, alpha=1 - self.decay)
         self.ema_sum.mul_(self.decay).add_(total, alpha=1 - self.decay)
         m = self.ema_count.sum()
@@ -83,9 +103,9 @@ class VectorQuantizer(nn.Module):
         dead = self.ema_count < dead_threshold
         num_dead = int(dead.sum())
         if num_dead:
-            source = x if x.shape[0] else self.codebook[~dead] if (~dead).any() else self.codebook
-            pick = torch.randint(0, source.shape[0], (num_dead,), device=x.device)
-            fresh = source[pick] + 1e-3 * torch.randn(num_dead, x.shape[1], device=x.device)
+            source = e if e.shape[0] else self.codebook[~dead] if (~dead).any() else self.codebook
+            pick = torch.randint(0, source.shape[0], (num_dead,), device=e.device)
+            fresh = source[pick] + 1e-3 * torch.randn(num_dead, e.shape[1], device=e.device)
             replacement = self.codebook.clone()
             replacement[dead] = fresh
             if dist.is_available() and dist.is_initialized():
@@ -98,11 +118,12 @@ class VectorQuantizer(nn.Module):
 class ResidualVQ(nn.Module):
     """`num_codebooks` stages of `VectorQuantizer` on `[B, D, F]` latents."""
 
-    def __init__(self, dim: int, num_codebooks: int, codebook_size: int,
+    def __init__(self, dim: int, num_codebooks: int, codebook_size: int, codebook_dim: int = 8,
                  decay: float = 0.99) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            VectorQuantizer(dim, codebook_size, decay) for _ in range(num_codebooks))
+            VectorQuantizer(dim, codebook_size, codebook_dim, decay)
+            for _ in range(num_codebooks))
         self.dead_threshold = 0.03
 
     @property
@@ -128,31 +149,34 @@ class ResidualVQ(nn.Module):
             # In training every stage runs (and updates from its active examples), so that all
             # data-parallel processes take part in the same collectives.
             stages = self.num_codebooks if self.training else int(per_example.max())
-        x = z.detach().transpose(1, 2).reshape(b * f, d)
-        residual = x.clone()
-        quantized = torch.zeros_like(x)
+        residual = z.transpose(1, 2).reshape(b * f, d)
+        quantized = torch.zeros_like(residual)
+        commit = z.new_zeros(())
         codes = []
         for k, layer in enumerate(self.layers[:stages]):
+            e = layer.in_proj(residual)  # [M, d]
             if self.training and not bool(layer.initialised):
-                layer._init_from(residual)
-            idx = layer.nearest(residual)
-            q = layer.codebook[idx]
+                layer._init_from(e.detach())
+            idx = layer.nearest(e.detach())
+            c = layer.codebook[idx]
             active = (per_example > k).repeat_interleave(f)
             if self.training:
-                layer.update(residual[active], idx[active], self.dead_threshold)
-            quantized = quantized + q * active[:, None]
-            residual = residual - q
+                layer.update(e.detach()[active], idx[active], self.dead_threshold)
+                err = (e - c).pow(2).mean(1)
+                commit = commit + (err * active).sum() / active.sum().clamp(min=1)
+            # Straight-through: the decoder's gradient reaches the projection and the encoder.
+            out = layer.out_proj(e + (c - e).detach())
+            quantized = quantized + out * active[:, None]
+            residual = residual - out
             codes.append(idx.view(b, f))
         quantized = quantized.view(b, f, d).transpose(1, 2)
-        commit = F.mse_loss(z, quantized)
-        out = z + (quantized - z).detach()
-        return QuantizedResult(out, torch.stack(codes, dim=1), commit)
+        return QuantizedResult(quantized, torch.stack(codes, dim=1), commit)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """`codes [B, K, F]` -> `[B, D, F]` sum of the first K codebooks' codewords."""
+        """`codes [B, K, F]` -> `[B, D, F]` sum of the first K stages' outputs."""
         if codes.shape[1] > self.num_codebooks:
             raise ValueError(f"got {codes.shape[1]} codebooks, model has {self.num_codebooks}")
         out = 0
         for k in range(codes.shape[1]):
-            out = out + F.embedding(codes[:, k], self.layers[k].codebook)
+            out = out + self.layers[k].lookup(codes[:, k])
         return out.transpose(1, 2)

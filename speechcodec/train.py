@@ -65,10 +65,15 @@ class CropSampler:
     """Random fixed-length crops from in-memory clips, longer clips drawn more often."""
 
     def __init__(self, clips: list[np.ndarray], length: int, gain_db: tuple[float, float],
-                 seed: int) -> None:
+                 seed: int, sample_rate: int = 16000, bandlimit_prob: float = 0.0,
+                 eq_prob: float = 0.0, eq_db: float = 6.0) -> None:
         self.clips = clips
         self.length = length
         self.gain_db = gain_db
+        self.sample_rate = sample_rate
+        self.bandlimit_prob = bandlimit_prob
+        self.eq_prob = eq_prob
+        self.eq_db = eq_db
         lengths = np.array([len(c) for c in clips], dtype=np.float64)
         self.weights = lengths / lengths.sum()
         self.rng = np.random.default_rng(seed)
@@ -82,11 +87,29 @@ class CropSampler:
                 seg = clip[start:start + self.length]
             else:
                 seg = clip
+            seg = self._colour(seg)
             peak = np.abs(seg).max() + 1e-6
             gain = 10 ** (self.rng.uniform(*self.gain_db) / 20)
             # Random level, but never above full scale: the codec must keep levels, not clip.
             out[i, : len(seg)] = seg * min(gain, 0.99 / peak)
         return torch.from_numpy(out)
+
+    def _colour(self, seg: np.ndarray) -> np.ndarray:
+        """Random telephone band-limiting and peaking EQ (the target is the coloured input)."""
+        import torchaudio.functional as AF
+
+        x = None
+        if self.rng.random() < self.bandlimit_prob:
+            x = torch.from_numpy(np.ascontiguousarray(seg, dtype=np.float32))
+            cutoff = float(self.rng.uniform(3400.0, 4000.0))
+            for _ in range(3):  # 6th-order roll-off, like a resampler's anti-alias filter
+                x = AF.lowpass_biquad(x, self.sample_rate, cutoff)
+        if self.rng.random() < self.eq_prob:
+            x = torch.from_numpy(np.ascontiguousarray(seg, dtype=np.float32)) if x is None else x
+            centre = float(np.exp(self.rng.uniform(np.log(150.0), np.log(6000.0))))
+            gain = float(self.rng.uniform(-self.eq_db, self.eq_db))
+            x = AF.equalizer_biquad(x, self.sample_rate, centre, gain, Q=1.0)
+        return seg if x is None else x.numpy()
 
 
 # -- losses ----------------------------------------------------------------------------------
@@ -112,10 +135,31 @@ class MelLoss(torch.nn.Module):
         return log_l / n, lin_l / n
 
 
+class STFTLoss(torch.nn.Module):
+    """L1 between log magnitudes of linear-frequency STFTs at several resolutions."""
+
+    def __init__(self, windows: tuple[int, ...]) -> None:
+        super().__init__()
+        self.windows = windows
+        for w in windows:
+            self.register_buffer(f"window_{w}", torch.hann_window(w), persistent=False)
+
+    def forward(self, ref: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
+        total = ref.new_zeros(())
+        for w in self.windows:
+            win = getattr(self, f"window_{w}")
+            a, b = (torch.stft(x, w, w // 4, window=win, return_complex=True).abs()
+                    for x in (ref, est))
+            total = total + F.l1_loss(torch.log10(b.clamp(min=1e-5)),
+                                      torch.log10(a.clamp(min=1e-5)))
+        return total / max(1, len(self.windows))
+
+
 def reconstruction_loss(model: torch.nn.Module, delay: int, mel_loss: MelLoss, wav: torch.Tensor,
                         num_codebooks: torch.Tensor, tc: TrainConfig,
-                        bypass: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Mel losses between the input and the decoder output shifted back by `delay` samples.
+                        bypass: torch.Tensor | None = None,
+                        stft_loss: STFTLoss | None = None) -> tuple[torch.Tensor, dict]:
+    """Spectral losses between the input and the decoder output shifted back by `delay` samples.
 
     `model` is the Codec or its DistributedDataParallel wrapper (which syncs the gradients).
     """
@@ -126,8 +170,12 @@ def reconstruction_loss(model: torch.nn.Module, delay: int, mel_loss: MelLoss, w
     mel_log, mel_lin = mel_loss(ref, est)
     loss = tc.mel_log_weight * mel_log + tc.mel_linear_weight * mel_lin + (
         tc.commit_weight * q.commit_loss)
-    return loss, {"loss": loss.item(), "mel_log": mel_log.item(), "mel_lin": mel_lin.item(),
-                  "commit": q.commit_loss.item()}
+    parts = {"mel_log": mel_log.item(), "mel_lin": mel_lin.item(), "commit": q.commit_loss.item()}
+    if stft_loss is not None and tc.stft_weight > 0:
+        stft = stft_loss(ref, est)
+        loss = loss + tc.stft_weight * stft
+        parts["stft"] = stft.item()
+    return loss, {"loss": loss.item(), **parts}
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -225,12 +273,14 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
 
     clips = load_corpus(list_audio(data), cfg.sample_rate, progress and rank == 0)
     seg = round(tc.segment_seconds * cfg.sample_rate / cfg.frame_size) * cfg.frame_size
-    sampler = CropSampler(clips, seg, tc.gain_db_range, tc.seed * 1000 + rank + start_step)
+    sampler = CropSampler(clips, seg, tc.gain_db_range, tc.seed * 1000 + rank + start_step,
+                          cfg.sample_rate, tc.bandlimit_prob, tc.eq_prob, tc.eq_db)
     valid_clips = []
     if valid and rank == 0:
         valid_clips = load_corpus(pick_valid_files(list_audio(valid), tc.valid_files),
                                   cfg.sample_rate, progress=False)
     mel_loss = MelLoss(cfg.sample_rate, tc.mel_windows)
+    stft_loss = STFTLoss(tc.stft_windows)
     choices = torch.tensor(tc.codebook_choices)
     gen = torch.Generator().manual_seed(tc.seed * 7919 + rank + start_step)
     log_path = out / "log.csv"
@@ -253,7 +303,7 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
         n_q = choices[torch.randint(len(choices), (wav.shape[0],), generator=gen)]
         bypass = torch.rand(wav.shape[0], generator=gen) < tc.bypass_prob
         loss, parts = reconstruction_loss(model, cfg.output_delay, mel_loss, wav, n_q, tc,
-                                          bypass if tc.bypass_prob > 0 else None)
+                                          bypass if tc.bypass_prob > 0 else None, stft_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(codec.parameters(), tc.grad_clip)
@@ -311,26 +361,37 @@ def state_checksum(codec: Codec) -> str:
 
 
 def _warm_start(codec: Codec, init: str) -> None:
-    """Copy weights from a training checkpoint (full precision) or a shipped/release model."""
-    path = Path(init)
-    blob = torch.load(path, map_location="cpu", weights_only=False) if (
-        path.suffix == ".pt" and path.exists()) else None
-    if blob is not None and "model" in blob:
-        if CodecConfig.from_dict(blob["config"]) != codec.cfg:
-            raise ValueError(f"{init}: checkpoint has a different architecture than this run")
-        codec.load_state_dict(blob["model"])
-        return
-    from .pretrained import load_codec
+    """Copy weights from a training checkpoint (full precision) or a shipped/release model.
 
-    src = load_codec(init)
-    if src.cfg != codec.cfg:
-        raise ValueError(f"{init}: model has a different architecture than this run")
-    missing, unexpected = codec.load_state_dict(src.state_dict(), strict=False)
-    assert not unexpected and all(k.endswith(("ema_count", "ema_sum")) for k in missing)
-    for layer in codec.quantizer.layers:  # release files carry no EMA statistics
-        layer.initialised.fill_(True)
-        layer.ema_sum.copy_(layer.codebook)
-        layer.ema_count.fill_(1.0)
+    Every tensor whose name and shape match is copied. If the whole model matches, that is all;
+    otherwise the quantizer must be the part that differs: it starts fresh under the trained
+    encoder and decoder (the quantizer is re-learned from data), and the split is printed."""
+    from .pretrained import model_path
+
+    path, _ = model_path(init)
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    src_state = blob["model"] if "model" in blob else blob["state_dict"]
+    own = codec.state_dict()
+    copied = {k: v.float() if v.is_floating_point() else v for k, v in src_state.items()
+              if k in own and own[k].shape == v.shape}
+    ema = ("ema_count", "ema_sum")
+    not_copied = [k for k in own if k not in copied and not k.endswith(ema)]
+    if not not_copied and len(copied) == len(src_state):
+        codec.load_state_dict({**own, **copied})
+        if any(k.endswith(ema) for k in own if k not in copied):  # release: no EMA statistics
+            for layer in codec.quantizer.layers:
+                layer.initialised.fill_(True)
+                layer.ema_sum.copy_(layer.codebook)
+                layer.ema_count.fill_(1.0)
+        return
+    copied = {k: v for k, v in copied.items() if not k.startswith("quantizer.")}
+    outside = [k for k in own if k not in copied and not k.startswith("quantizer.")]
+    if outside:
+        raise ValueError(f"{init}: a different encoder/decoder architecture than this run "
+                         f"(first mismatch: {outside[0]})")
+    codec.load_state_dict({**own, **copied})
+    print(f"warm start from {init}: encoder and decoder copied ({len(copied)} tensors); "
+          "the quantizer starts fresh", file=sys.stderr)
 
 
 def _append_csv(path: Path, row: dict) -> None:
