@@ -105,24 +105,47 @@ def test_gradients_flow_through_quantizer(speech):
     (recon.square().mean() + q.commit_loss).backward()
     g = codec.encoder.analysis.weight.grad
     assert g is not None and g.abs().sum() > 0
+    for layer in codec.quantizer.layers[:3]:  # the stage projections learn by gradient too
+        assert layer.in_proj.weight.grad.abs().sum() > 0
+        assert layer.out_proj.weight.grad.abs().sum() > 0
     # Data init: the first training pass places codewords on the data.
     assert bool(codec.quantizer.layers[0].initialised)
 
 
 def test_more_codebooks_quantize_better(tiny_codec, speech):
-    """After data init and a few EMA updates, each residual stage lowers the error."""
+    """After data init and a short fit of the stage projections, each stage lowers the error."""
+    torch.manual_seed(0)
     x = torch.from_numpy(speech[: 320 * 60])[None]
     z = tiny_codec.embed(x)
     rvq = tiny_codec.quantizer
     for layer in rvq.layers:
         layer.initialised.fill_(False)
     rvq.train()
-    for _ in range(5):
-        rvq(z, 12)
+    opt = torch.optim.Adam(rvq.parameters(), lr=3e-3)
+    for step in range(200):
+        q = rvq(z, torch.tensor([(1, 3, 6, 12)[step % 4]]))
+        loss = (q.quantized - z).square().mean() + 0.25 * q.commit_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     rvq.eval()
-    errs = [float((tiny_codec.quantizer.decode(tiny_codec.encode(x, k)) - z).square().mean())
-            for k in (1, 3, 6, 12)]
-    assert errs == sorted(errs, reverse=True) and errs[-1] < errs[0]
+    with torch.no_grad():
+        errs = [float((rvq.decode(tiny_codec.encode(x, k)) - z).square().mean())
+                for k in (1, 3, 6, 12)]
+    assert errs == sorted(errs, reverse=True) and errs[-1] < 0.5 * errs[0]
+
+
+def test_codewords_are_matched_by_angle_in_a_small_space():
+    """Each stage projects to `codebook_dim` numbers and picks the codeword closest in angle,
+    so scaling a stage's input does not change its code."""
+    from speechcodec.quantizer import VectorQuantizer
+
+    torch.manual_seed(0)
+    vq = VectorQuantizer(dim=16, size=32, codebook_dim=4)
+    assert vq.codebook.shape == (32, 4)
+    e = vq.in_proj(torch.randn(50, 16)).detach()
+    assert torch.equal(vq.nearest(e), vq.nearest(3.0 * e))
+    assert vq.lookup(vq.nearest(e)).shape == (50, 16)
 
 
 def test_bitrates_derive_from_config():
@@ -158,7 +181,7 @@ def test_dead_code_restart_moves_only_unused_codewords():
     from speechcodec.quantizer import VectorQuantizer
 
     torch.manual_seed(0)
-    vq = VectorQuantizer(dim=4, size=8, decay=0.9)
+    vq = VectorQuantizer(dim=4, size=8, codebook_dim=4, decay=0.9)
     data = torch.randn(400, 4) + 10.0  # far away from every initial codeword
     vq._init_from(data[:50])
     vq.codebook[7] = -100.0  # a codeword no input will ever pick

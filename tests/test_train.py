@@ -3,6 +3,7 @@
 import csv
 from pathlib import Path
 
+import pytest
 import torch
 
 from speechcodec.config import TrainConfig
@@ -98,3 +99,58 @@ def test_data_parallel_replicas_stay_identical(tmp_path):
     assert len(sums) == 2 and sums[0] == sums[1]
     state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 3
+
+
+def test_augmentation_keeps_length_and_level_and_band_limits():
+    """Telephone band-limiting removes energy above 4 kHz; no segment ever exceeds 0.99."""
+    import numpy as np
+
+    from speechcodec.train import CropSampler
+
+    rng = np.random.default_rng(0)
+    clips = [rng.uniform(-1, 1, 16000).astype(np.float32) for _ in range(4)]
+    plain = CropSampler(clips, 8000, (0.0, 0.0), seed=1)
+    phone = CropSampler(clips, 8000, (0.0, 0.0), seed=1, bandlimit_prob=1.0)
+    eq = CropSampler(clips, 8000, (0.0, 0.0), seed=1, eq_prob=1.0, eq_db=12.0)
+    for sampler in (plain, phone, eq):
+        b = sampler.batch(4)
+        assert b.shape == (4, 8000) and float(b.abs().max()) <= 0.99 + 1e-6
+        assert float(b.abs().max()) > 0.5  # peak-normalised, not silenced
+
+    def high_band_share(x):
+        spec = np.abs(np.fft.rfft(x.numpy(), axis=1)) ** 2
+        return spec[:, 8000 * 4500 // 16000:].sum() / spec.sum()
+
+    assert high_band_share(phone.batch(4)) < 0.01 < high_band_share(plain.batch(4))
+
+
+def test_stft_loss_is_zero_only_for_equal_spectra():
+    from speechcodec.train import STFTLoss
+
+    loss = STFTLoss((512, 1024))
+    x = torch.randn(2, 8000) * 0.1
+    assert float(loss(x, x)) == 0.0
+    assert float(loss(x, 0.5 * x)) == pytest.approx(torch.log10(torch.tensor(2.0)).item(),
+                                                     rel=0.05)
+
+
+def test_warm_start_keeps_encoder_and_decoder_under_a_new_quantizer(tmp_path):
+    """`--init` from a model with other codebooks copies encoder and decoder and starts the
+    quantizer fresh; a different encoder is refused."""
+    import dataclasses
+
+    from speechcodec.model import Codec
+    from speechcodec.train import _warm_start
+
+    torch.manual_seed(0)
+    src = Codec(TINY)
+    path = tmp_path / "src.pt"
+    src.save_release(path, "src")
+    other_q = Codec(dataclasses.replace(TINY, codebook_dim=4, codebook_size=32))
+    _warm_start(other_q, str(path))
+    for name in ("encoder.analysis.weight", "decoder.head.proj.weight"):
+        assert torch.equal(other_q.state_dict()[name], src.state_dict()[name].half().float())
+    assert other_q.quantizer.layers[0].codebook.shape == (32, 4)
+    wider = Codec(dataclasses.replace(TINY, encoder_width=48))
+    with pytest.raises(ValueError, match="different encoder/decoder"):
+        _warm_start(wider, str(path))
