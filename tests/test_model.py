@@ -122,7 +122,7 @@ def test_more_codebooks_quantize_better(tiny_codec, speech):
         layer.initialised.fill_(False)
     rvq.train()
     opt = torch.optim.Adam(rvq.parameters(), lr=3e-3)
-    for step in range(200):
+    for step in range(400):
         q = rvq(z, torch.tensor([(1, 3, 6, 12)[step % 4]]))
         loss = (q.quantized - z).square().mean() + 0.25 * q.commit_loss
         opt.zero_grad()
