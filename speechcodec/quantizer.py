@@ -33,8 +33,8 @@ class QuantizedResult:
 
     quantized: `[B, D, F]` the sum of the selected stages' outputs (straight-through in training).
     codes: `[B, K, F]` int64 codeword indices, K = number of codebooks computed.
-    commit_loss: scalar, summed over active stages: the squared distance between the stage's
-        projected input and its codeword, plus that between its output and the residual.
+    commit_loss: scalar, mean squared distance between each active stage's projected input and
+        its codeword (summed over stages).
     """
 
     quantized: torch.Tensor
@@ -160,16 +160,12 @@ class ResidualVQ(nn.Module):
             idx = layer.nearest(e.detach())
             c = layer.codebook[idx]
             active = (per_example > k).repeat_interleave(f)
-            # Straight-through: the decoder's gradient reaches the projection and the encoder.
-            out = layer.out_proj(e + (c - e).detach())
             if self.training:
                 layer.update(e.detach()[active], idx[active], self.dead_threshold)
-                # Commitment in the small space (encoder and in_proj move towards the
-                # codeword), and the codeword brought back to D must approximate the residual
-                # it stands for (out_proj only), so stage k really refines what stages < k
-                # left over and Q(z) stays an estimate of z.
-                err = (e - c).pow(2).mean(1) + (out - residual.detach()).pow(2).mean(1)
+                err = (e - c).pow(2).mean(1)
                 commit = commit + (err * active).sum() / active.sum().clamp(min=1)
+            # Straight-through: the decoder's gradient reaches the projection and the encoder.
+            out = layer.out_proj(e + (c - e).detach())
             quantized = quantized + out * active[:, None]
             residual = residual - out
             codes.append(idx.view(b, f))
