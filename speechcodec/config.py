@@ -121,6 +121,7 @@ class TrainConfig:
     mel_log_weight: float = 1.0
     mel_linear_weight: float = 0.25
     commit_weight: float = 0.25
+    latent_weight: float = 1.0
     mel_windows: tuple[int, ...] = (128, 256, 512, 1024, 2048)
     # Log-magnitude L1 on linear-frequency STFTs: above about 1.5 kHz mel bands are wider than
     # the spacing of voice harmonics, so a mel loss alone lets the decoder smear them.

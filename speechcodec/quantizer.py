@@ -35,11 +35,14 @@ class QuantizedResult:
     codes: `[B, K, F]` int64 codeword indices, K = number of codebooks computed.
     commit_loss: scalar, mean squared distance between each active stage's projected input and
         its codeword (summed over stages).
+    latent_loss: scalar, how far each active stage's output is from the residual it stands for,
+        relative to the energy of z (mean over stages); it trains only the output projections.
     """
 
     quantized: torch.Tensor
     codes: torch.Tensor
     commit_loss: torch.Tensor
+    latent_loss: torch.Tensor | None = None
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -152,6 +155,8 @@ class ResidualVQ(nn.Module):
         residual = z.transpose(1, 2).reshape(b * f, d)
         quantized = torch.zeros_like(residual)
         commit = z.new_zeros(())
+        latent = z.new_zeros(())
+        energy = residual.detach().pow(2).mean().clamp(min=1e-8)
         codes = []
         for k, layer in enumerate(self.layers[:stages]):
             e = layer.in_proj(residual)  # [M, d]
@@ -164,13 +169,20 @@ class ResidualVQ(nn.Module):
                 layer.update(e.detach()[active], idx[active], self.dead_threshold)
                 err = (e - c).pow(2).mean(1)
                 commit = commit + (err * active).sum() / active.sum().clamp(min=1)
+                # The codeword, brought back to D, must approximate the residual it stands for,
+                # so that stage k refines what stages < k left over and the first K stages
+                # give the best K-stage estimate of z. Without this the later stages' outputs
+                # drifted away from any residual and the decoder learnt to ignore them (3, 6
+                # and 12 codebooks scored alike). Only `out_proj` learns from this term.
+                miss = (layer.out_proj(c) - residual.detach()).pow(2).mean(1) / energy
+                latent = latent + (miss * active).sum() / active.sum().clamp(min=1)
             # Straight-through: the decoder's gradient reaches the projection and the encoder.
             out = layer.out_proj(e + (c - e).detach())
             quantized = quantized + out * active[:, None]
             residual = residual - out
             codes.append(idx.view(b, f))
         quantized = quantized.view(b, f, d).transpose(1, 2)
-        return QuantizedResult(quantized, torch.stack(codes, dim=1), commit)
+        return QuantizedResult(quantized, torch.stack(codes, dim=1), commit, latent / stages)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """`codes [B, K, F]` -> `[B, D, F]` sum of the first K stages' outputs."""

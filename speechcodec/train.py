@@ -171,6 +171,9 @@ def reconstruction_loss(model: torch.nn.Module, delay: int, mel_loss: MelLoss, w
     loss = tc.mel_log_weight * mel_log + tc.mel_linear_weight * mel_lin + (
         tc.commit_weight * q.commit_loss)
     parts = {"mel_log": mel_log.item(), "mel_lin": mel_lin.item(), "commit": q.commit_loss.item()}
+    if q.latent_loss is not None and tc.latent_weight > 0:
+        loss = loss + tc.latent_weight * q.latent_loss
+        parts["latent"] = q.latent_loss.item()
     if stft_loss is not None and tc.stft_weight > 0:
         stft = stft_loss(ref, est)
         loss = loss + tc.stft_weight * stft
