@@ -189,8 +189,15 @@ def test_receiver_bridges_single_losses_with_the_next_packet(tiny_codec, clip):
     rep = simulate(tiny_codec, clip, num_codebooks=K, channel=FixedPattern("....x...xx"),
                    concealment="repeat", quality=False)
     assert rep.stats.frames_interpolated == 0
-    clean = roundtrip_samples(tiny_codec, clip, K)
-    err = [np.sum((x.samples - clean) ** 2) for x in (r, rep)]
+    # With trained weights (a random model's latents mean nothing), bridging towards the next
+    # packet lands closer to the clean decode than repeating the last frame.
+    from speechcodec.pretrained import load_codec
+
+    codec = load_codec()
+    runs = [simulate(codec, clip, num_codebooks=K, channel=FixedPattern("....x...xx"),
+                     concealment=how, quality=False) for how in ("interpolate", "repeat")]
+    clean = roundtrip_samples(codec, clip, K)
+    err = [np.sum((x.samples - clean) ** 2) for x in runs]
     assert err[0] < err[1]
 
 
