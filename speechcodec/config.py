@@ -122,6 +122,10 @@ class TrainConfig:
     mel_linear_weight: float = 0.25
     commit_weight: float = 0.25
     latent_weight: float = 1.0
+    # L1 between log10 RMS levels of 20 ms frames: the log-mel loss weighs every mel band alike,
+    # so it barely notices the few low bands that carry most of the energy, and the output came
+    # out 3-7 dB quiet.
+    level_weight: float = 1.0
     mel_windows: tuple[int, ...] = (128, 256, 512, 1024, 2048)
     # Log-magnitude L1 on linear-frequency STFTs: above about 1.5 kHz mel bands are wider than
     # the spacing of voice harmonics, so a mel loss alone lets the decoder smear them.

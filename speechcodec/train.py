@@ -155,6 +155,18 @@ class STFTLoss(torch.nn.Module):
         return total / max(1, len(self.windows))
 
 
+def level_loss(ref: torch.Tensor, est: torch.Tensor, frame: int = 320) -> torch.Tensor:
+    """L1 between the log10 RMS of `frame`-sample frames of `ref` and `est` (`[B, T]`); frames
+    quieter than -80 dBFS count as -80 dBFS, so silence is held down without dominating."""
+    n = ref.shape[1] // frame
+
+    def db(x: torch.Tensor) -> torch.Tensor:
+        power = x[:, : n * frame].reshape(x.shape[0], n, frame).pow(2).mean(-1)
+        return torch.log10(power.clamp(min=1e-8)) / 2
+
+    return F.l1_loss(db(est), db(ref))
+
+
 def reconstruction_loss(model: torch.nn.Module, delay: int, mel_loss: MelLoss, wav: torch.Tensor,
                         num_codebooks: torch.Tensor, tc: TrainConfig,
                         bypass: torch.Tensor | None = None,
@@ -174,6 +186,10 @@ def reconstruction_loss(model: torch.nn.Module, delay: int, mel_loss: MelLoss, w
     if q.latent_loss is not None and tc.latent_weight > 0:
         loss = loss + tc.latent_weight * q.latent_loss
         parts["latent"] = q.latent_loss.item()
+    if tc.level_weight > 0:
+        level = level_loss(ref, est)
+        loss = loss + tc.level_weight * level
+        parts["level"] = level.item()
     if stft_loss is not None and tc.stft_weight > 0:
         stft = stft_loss(ref, est)
         loss = loss + tc.stft_weight * stft

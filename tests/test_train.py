@@ -154,3 +154,15 @@ def test_warm_start_keeps_encoder_and_decoder_under_a_new_quantizer(tmp_path):
     wider = Codec(dataclasses.replace(TINY, encoder_width=48))
     with pytest.raises(ValueError, match="different encoder/decoder"):
         _warm_start(wider, str(path))
+
+
+def test_level_loss_measures_frame_level_in_log10_units():
+    from speechcodec.train import level_loss
+
+    x = torch.randn(2, 3200) * 0.1
+    assert float(level_loss(x, x)) == 0.0
+    # 10x quieter everywhere: one log10 unit (20 dB) in every frame
+    assert float(level_loss(x, 0.1 * x)) == pytest.approx(1.0, rel=1e-4)
+    # Digital silence against silence costs nothing; -80 dBFS is the floor
+    z = torch.zeros(1, 3200)
+    assert float(level_loss(z, z)) == 0.0
