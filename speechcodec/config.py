@@ -107,8 +107,9 @@ class TrainConfig:
     warmup_steps: int = 500
     grad_clip: float = 1.0
     seed: int = 0
-    # Quantizer dropout: each training example uses one of these codebook counts.
-    codebook_choices: tuple[int, ...] = (3, 6, 12)
+    # Quantizer dropout: each training example uses one of these codebook counts (half of them
+    # all 12, as DAC trains, so the finer stages get as much use as the coarse ones).
+    codebook_choices: tuple[int, ...] = (3, 6, 12, 12)
     # Fraction of examples whose latents skip quantization (as Mimi trains): keeps every latent
     # dimension useful to the decoder, so the encoder does not collapse onto a few of them.
     bypass_prob: float = 0.0
@@ -131,8 +132,9 @@ class TrainConfig:
     # the spacing of voice harmonics, so a mel loss alone lets the decoder smear them.
     stft_weight: float = 1.0
     stft_windows: tuple[int, ...] = (512, 1024, 2048)
-    # Augmentation: random gain in dB applied to each training segment.
-    gain_db_range: tuple[float, float] = (-18.0, 3.0)
+    # Augmentation: random gain in dB applied to each training segment (then capped so the
+    # peak stays below full scale): quiet to loud input.
+    gain_db_range: tuple[float, float] = (-20.0, 20.0)
     # Fraction of segments band-limited to a telephone band (cut-off drawn from 3.4-4 kHz), and
     # fraction given a random peaking EQ of up to +-`eq_db` dB: the codec must keep 8 kHz-band
     # audio upsampled to 16 kHz, and other microphones, as they are.
