@@ -133,10 +133,10 @@ class AudioReader:
     """
 
     def __init__(self, path: str | os.PathLike, target_rate: int = DEFAULT_RATE,
-                 block_frames: int = READ_BLOCK_FRAMES) -> None:
+                 block_frames: int | None = None) -> None:
         self.path = Path(path)
         self.sample_rate = _check_rate(target_rate, "target_rate")
-        self.block_frames = max(1, int(block_frames))
+        self.block_frames = max(1, int(block_frames or READ_BLOCK_FRAMES))
         p = self.path
         if not p.exists():
             raise _error(p, "file not found")

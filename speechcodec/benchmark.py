@@ -41,16 +41,27 @@ def speech_of_length(seconds: float, sample_rate: int = 16000) -> np.ndarray:
     return np.concatenate(clips * reps)[:n].astype(np.float32)
 
 
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak RSS of this process image. Linux's VmHWM, not ru_maxrss: a child's ru_maxrss
+    starts at its parent's size at fork time, which would count the parent's memory."""
+    hwm = _status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def current_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+    rss = _status_mb("VmRSS")
+    return rss if rss is not None else float("nan")
 
 
 def write_long_file(path: Path, minutes: float, rate: int = 44100, channels: int = 2) -> None:

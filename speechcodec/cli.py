@@ -42,12 +42,13 @@ def _parse_overrides(items: list[str]) -> tuple[dict, dict]:
 
 
 def _progress(total_samples: int, sample_rate: int, desc: str):
-    """A tqdm callback for long inputs, or None for short ones."""
-    if total_samples < PROGRESS_MIN_SECONDS * sample_rate:
+    """A tqdm callback for long inputs on a terminal, or None. The bar is erased when done, so
+    stderr keeps only notes and, on failure, the one-line error."""
+    if total_samples < PROGRESS_MIN_SECONDS * sample_rate or not sys.stderr.isatty():
         return None, None
     from tqdm import tqdm
 
-    bar = tqdm(total=round(total_samples / sample_rate, 1), desc=desc, unit="s audio",
+    bar = tqdm(total=total_samples / sample_rate, desc=desc, unit="s audio", leave=False,
                file=sys.stderr, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}]")
     left = [total_samples]
 
@@ -120,6 +121,10 @@ def cmd_decode(args) -> int:
     stream = parse_stream(_read_stream_bytes(args.input))  # damaged streams fail before torch
     codec = _codec(args)
     h = stream.header
+    ref = None
+    if args.ref:  # read the reference first: a bad one must not leave a decoded file behind
+        ref_rate = h.original_sample_rate if args.original_rate else h.sample_rate
+        ref = load_audio(args.ref, ref_rate).samples
     progress, bar = _progress(codec_rate_length(h), h.sample_rate, "decoding")
     try:
         # Decoded and written block by block to a temporary file, renamed when complete.
@@ -134,8 +139,7 @@ def cmd_decode(args) -> int:
             "codebooks": h.num_codebooks, "payload_kbps": h.exact_kbps(),
             "file_kbps": h.exact_kbps(include_overhead=True), "clipped_samples": clipped,
             "level_dbfs": dec.level_dbfs}
-    if args.ref:
-        ref = load_audio(args.ref, dec.sample_rate).samples
+    if ref is not None:
         info["quality"] = quality(ref, dec.samples, dec.sample_rate).as_dict()
     if args.json:
         print_json(info)
@@ -214,21 +218,29 @@ def cmd_roundtrip(args) -> int:
     from .audio import load_audio, write_wav
 
     codec = _codec(args)
-    audio = load_audio(args.input, codec.cfg.sample_rate)
-    _print_notes(args.input, audio.notes)
-    rows = []
+    rates = parse_kbps_list(args.kbps)
+    try:
+        for kbps in rates:
+            codec.cfg.codebooks_for_kbps(kbps)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     out_dir = Path(args.out) if args.out else None
+    wavs = {}
+    if out_dir:  # refuse existing outputs before any work, so a run never stops half-written
+        wavs = {k: out_dir / f"{Path(args.input).stem}_{k:g}kbps.wav" for k in rates}
+        if out_dir.is_dir():
+            for wav in wavs.values():
+                check_output(wav, args.force)
+    audio = load_audio(args.input, codec.cfg.sample_rate)
     if out_dir:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"{out_dir}: cannot create output folder "
                             f"({e.strerror or e})") from None
-    for kbps in parse_kbps_list(args.kbps):
-        try:
-            enc = encode_audio(codec, audio, kbps)
-        except ValueError as e:
-            raise UserError(str(e)) from None
+    rows = []
+    for kbps in rates:
+        enc = encode_audio(codec, audio, kbps)
         dec = decode_bytes(enc.data, codec)
         q = quality(audio.samples, dec.samples, dec.sample_rate, perceptual=not args.fast)
         row = {"kbps": kbps, **enc.summary(), **q.as_dict(),
@@ -236,11 +248,11 @@ def cmd_roundtrip(args) -> int:
                "level_out_dbfs": _level_db(dec.samples), "length_in": audio.num_samples,
                "length_out": len(dec.samples)}
         if out_dir:
-            wav = out_dir / f"{Path(args.input).stem}_{kbps:g}kbps.wav"
-            check_output(wav, args.force)
+            wav = wavs[kbps]
             write_wav(wav, dec.samples, dec.sample_rate)
             row["output"] = str(wav)
         rows.append(row)
+    _print_notes(args.input, audio.notes)
     if args.json:
         print_json({"input": str(args.input), "notes": list(audio.notes),
                     "latency_ms": codec.latency.ms, "results": rows})
