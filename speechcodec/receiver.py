@@ -22,9 +22,9 @@ its playout clock on the first packet that arrives: frame ``i`` is played at
 frame was played is late and dropped, as is a second copy of a sequence number.
 
 Hostile input: every datagram goes through the same checks, in this order, and each kind of
-refusal has its own counter in :class:`ReceiverStats`: too large for this model's packets
-(oversized), not from the peer (wrong peer: the configured one, else the source of the first
-valid packet), CRC mismatch (corrupted), no or wrong authentication tag when a key is set
+refusal has its own counter in :class:`ReceiverStats`: not from the peer (wrong peer: the
+configured one, else the source of the first valid packet), too large for this model's
+packets (oversized), CRC mismatch (corrupted), no or wrong authentication tag when a key is set
 (failed authentication), not a valid packet (malformed), another model's packet (rejected),
 sequence number or timestamp far outside the window around the playout point (out of window),
 a sequence number already received (duplicate or replay), and a frame already played (late).
@@ -267,17 +267,17 @@ class Receiver:
     # -- input ----------------------------------------------------------------------------
     def receive(self, data: bytes, now: float, source: tuple | None = None) -> str:
         """Take one datagram (from address ``source``, if known); returns what it was:
-        ``"ok"``, ``"end"``, or why it was dropped: ``"oversized"``, ``"wrong_peer"``,
+        ``"ok"``, ``"end"``, or why it was dropped: ``"wrong_peer"``, ``"oversized"``,
         ``"corrupted"``, ``"auth_failed"``, ``"malformed"``, ``"rejected"``,
         ``"out_of_window"``, ``"duplicate"`` or ``"late"``."""
         st = self.stats
         st.datagrams += 1
-        if len(data) > self.max_packet_size:
-            st.packets_oversized += 1
-            return "oversized"
         if source is not None and self.peer is not None and not _same_peer(source, self.peer):
             st.packets_wrong_peer += 1
             return "wrong_peer"
+        if len(data) > self.max_packet_size:
+            st.packets_oversized += 1
+            return "oversized"
         try:
             pkt = parse_packet(data, self.key)
         except ChecksumError:
@@ -467,9 +467,11 @@ class _FrameStore:
     ``capacity`` rows, row ``i % capacity`` holding frame ``i``. The receiver only stores frames
     within ``capacity`` of its playout point, so two live frames never share a row."""
 
+    _EMPTY = np.iinfo(np.int64).min  # no frame has this index
+
     def __init__(self, capacity: int, width: int) -> None:
         self.capacity = capacity
-        self._frame = np.full(capacity, -1, np.int64)
+        self._frame = np.full(capacity, self._EMPTY, np.int64)
         self._count = np.zeros(capacity, np.uint8)
         self._codes = np.zeros((capacity, width), np.uint16)
         self._size = 0
@@ -482,7 +484,7 @@ class _FrameStore:
 
     def put(self, i: int, codes: np.ndarray) -> None:
         row = i % self.capacity
-        self._size += self._frame[row] < 0
+        self._size += self._frame[row] == self._EMPTY
         self._frame[row] = i
         self._count[row] = len(codes)
         self._codes[row, : len(codes)] = codes
@@ -496,7 +498,7 @@ class _FrameStore:
     def pop(self, i: int) -> np.ndarray | None:
         codes = self.get(i)
         if codes is not None:
-            self._frame[i % self.capacity] = -1
+            self._frame[i % self.capacity] = self._EMPTY
             self._size -= 1
         return codes
 

@@ -268,6 +268,22 @@ def test_a_first_packet_far_into_a_stream_joins_it_there(tiny_codec):
     assert time.monotonic() - t0 < 5 and z.shape[-1] == 3
 
 
+def test_frame_store_has_no_phantom_frames():
+    """Regression (found by scripts/fuzz_packet --target receiver): the ring marked empty rows
+    with -1, so asking for frame -1 found a phantom frame and popping it made the size
+    negative."""
+    from speechcodec.receiver import _FrameStore
+
+    store = _FrameStore(8, 3)
+    for i in (-1, -9, 7, 0):
+        assert i not in store and store.get(i) is None and store.pop(i) is None
+    assert len(store) == 0
+    store.put(3, np.array([1, 2]))
+    store.put(11, np.array([4, 5, 6]))  # the same row: replaces frame 3
+    assert len(store) == 1 and 3 not in store and store.get(11).tolist() == [4, 5, 6]
+    assert store.pop(11).dtype == np.int64 and len(store) == 0 and store.pop(11) is None
+
+
 # -- a flood ----------------------------------------------------------------------------------
 
 
@@ -502,6 +518,7 @@ def test_udp_flood_wrong_peer_and_oversized(tiny_codec, clip, codes, tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         sender.bind(("127.0.0.1", 0))
         sender.sendto(key_free[0], addr)  # the first packet fixes the peer
+        big = 0
         time.sleep(0.05)
         flooder = threading.Thread(target=flood, daemon=True)
         flooder.start()
@@ -509,6 +526,9 @@ def test_udp_flood_wrong_peer_and_oversized(tiny_codec, clip, codes, tmp_path):
         for i, d in enumerate(key_free[1:], 1):
             time.sleep(max(0.0, t0 + 0.02 * i - time.monotonic()))
             sender.sendto(d, addr)
+            if i % 5 == 0:  # oversized junk from the peer's own address
+                sender.sendto(os.urandom(20000), addr)
+                big += 1
         time.sleep(0.3)
         stop.set()
         flooder.join(10)
@@ -518,7 +538,7 @@ def test_udp_flood_wrong_peer_and_oversized(tiny_codec, clip, codes, tmp_path):
     r = box["r"]
     s = r.stats
     assert r.stopped_by == "end" and sent["n"] > 1000
-    assert s.packets_wrong_peer > 500 and s.packets_oversized > 0
+    assert s.packets_wrong_peer > 500 and s.packets_oversized == big > 0
     assert s.packets_used == len(key_free) - 1 and s.frames_concealed == 0
     assert r.peer.startswith("127.0.0.1:") and r.max_buffered_frames <= 10
     y, _ = sf.read(out, dtype="float32")
