@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from speechcodec import audio as audio_mod
 from speechcodec.audio import load_audio, resample, resampled_length, to_int16
 from speechcodec.cli import main
-from speechcodec.resampler import MAX_RATE, Resampler
+from speechcodec.resampler import Resampler
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "espeak_male.wav"
@@ -518,3 +518,72 @@ def test_stream_with_unrestorable_original_rate(tmp_path, capsys, small_stream):
                  "cannot restore the stream's original sample rate 4000000000 Hz", out)
     assert run(["decode", bad, out], capsys)[0] == 0
     assert sf.info(out).frames == 1
+
+
+_TINY = {}
+
+
+def _tiny():
+    """A small random model (built once): decoding hostile headers needs no trained weights."""
+    if not _TINY:
+        import torch
+
+        from speechcodec.config import CodecConfig
+        from speechcodec.model import Codec
+
+        torch.manual_seed(0)
+        cfg = CodecConfig(encoder_width=32, encoder_blocks=1, decoder_width=32,
+                          decoder_blocks_low=1, decoder_blocks_high=1, latent_dim=16,
+                          codebook_size=1024, num_codebooks=12)
+        _TINY["codec"] = Codec(cfg).eval()
+    return _TINY["codec"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    num_samples=st.integers(0, 30000),
+    rate=st.sampled_from([8000, 16000, 44100, 96000, 1000, 768000, 999, 768001, 7, 2**32 - 1])
+    | st.integers(1, 2**32 - 1),
+    k=st.integers(1, 16),
+    frames_off=st.sampled_from([0, 0, 0, -1, 1]),
+    same_model=st.sampled_from([True, True, True, False]),
+    original_rate=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_any_checksummed_stream_decodes_exactly_or_fails_cleanly(
+    tmp_path_factory, num_samples, rate, k, frames_off, same_model, original_rate, seed
+):
+    """Streams with valid checksums but arbitrary lengths, rates, codebook counts and model:
+    decoding gives exactly the declared length, or a one-line StreamError and no file."""
+    from speechcodec.api import codec_rate_length, decode_bytes, decode_to_wav
+    from speechcodec.bitstream import StreamError, StreamHeader, serialize_stream
+    from speechcodec.pipeline import num_frames_for
+
+    codec = _tiny()
+    n16 = resampled_length(num_samples, rate, 16000)
+    frames = num_frames_for(codec, n16) + frames_off
+    if frames < 0 or frames * k > 200_000:
+        event("too long for a test")
+        return
+    header = StreamHeader(
+        model_id=codec.model_id if same_model else "another-model", weights_hash=codec.weights_hash,
+        sample_rate=16000, frame_size=320, num_codebooks=k, codebook_bits=10, num_frames=frames,
+        num_samples=num_samples, original_sample_rate=rate)
+    codes = np.random.default_rng(seed).integers(0, 1024, size=(k, frames))
+    data = serialize_stream(header, codes)
+    out = tmp_path_factory.mktemp("hostile") / "out.wav"
+    try:
+        dec = decode_bytes(data, codec, original_rate=original_rate)
+    except StreamError as exc:
+        event("refused")
+        assert "\n" not in str(exc) and len(str(exc)) < 300
+        with pytest.raises(StreamError):
+            decode_to_wav(data, out, codec, original_rate=original_rate)
+        no_leftovers(out)
+        return
+    event("decoded")
+    assert same_model and frames_off == 0 and k <= 12
+    want = num_samples if original_rate else codec_rate_length(header)
+    assert len(dec.samples) == want and np.isfinite(dec.samples).all()
+    written = decode_to_wav(data, out, codec, original_rate=original_rate)
+    assert written.num_samples == want == sf.info(out).frames
