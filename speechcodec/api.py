@@ -6,12 +6,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import Audio, load_audio, resample_to_length, resampled_length
-from .bitstream import StreamError, StreamHeader, parse_stream, serialize_stream
+from .audio import Audio, AudioError, AudioReader, WavWriter, open_audio, resampled_length
+from .bitstream import Stream, StreamError, StreamHeader, parse_stream, serialize_stream
 from .metrics import PCM_BITS_PER_SECOND, Quality, compute_quality
 from .model import Codec
-from .pipeline import decode_codes, encode_samples, num_frames_for
+from .pipeline import ChunkedEncoder, encode_samples, iter_decode, num_frames_for
 from .pretrained import load_codec
+from .resampler import MAX_RATE, MIN_RATE, Resampler
+
+#: Largest 16-bit mono WAV file (its sizes are 32-bit fields).
+MAX_WAV_SAMPLES = (2**32 - 1 - 44) // 2
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,7 @@ class Encoded:
     data: bytes
     header: StreamHeader
     codes: np.ndarray  # [K, F]
+    notes: tuple[str, ...] = ()  # what was done to the input (mixed down, resampled, ...)
 
     @property
     def payload_kbps(self) -> float:
@@ -46,6 +51,16 @@ class Encoded:
                 "file_bytes": len(self.data), "compression_ratio": self.compression_ratio}
 
 
+def _stream(codec: Codec, codes: np.ndarray, k: int, num_samples: int, rate: int,
+            notes: tuple[str, ...] = ()) -> Encoded:
+    cfg = codec.cfg
+    header = StreamHeader(
+        model_id=codec.model_id, weights_hash=codec.weights_hash, sample_rate=cfg.sample_rate,
+        frame_size=cfg.frame_size, num_codebooks=k, codebook_bits=cfg.bits_per_code,
+        num_frames=codes.shape[1], num_samples=num_samples, original_sample_rate=rate)
+    return Encoded(serialize_stream(header, codes), header, codes, tuple(notes))
+
+
 def encode_audio(codec: Codec, audio: Audio, kbps: float, progress=None) -> Encoded:
     """Encode `audio` (already at the codec rate) at `kbps` into a stream."""
     cfg = codec.cfg
@@ -53,18 +68,35 @@ def encode_audio(codec: Codec, audio: Audio, kbps: float, progress=None) -> Enco
         raise ValueError(f"audio is at {audio.sample_rate} Hz, the codec needs {cfg.sample_rate}")
     k = cfg.codebooks_for_kbps(kbps)
     codes = encode_samples(codec, audio.samples, k, progress)
-    header = StreamHeader(
-        model_id=codec.model_id, weights_hash=codec.weights_hash, sample_rate=cfg.sample_rate,
-        frame_size=cfg.frame_size, num_codebooks=k, codebook_bits=cfg.bits_per_code,
-        num_frames=codes.shape[1], num_samples=audio.original_num_samples,
-        original_sample_rate=audio.original_sample_rate)
-    return Encoded(serialize_stream(header, codes), header, codes)
+    return _stream(codec, codes, k, audio.original_num_samples, audio.original_sample_rate,
+                   audio.notes)
 
 
-def encode_file(path, kbps: float = 3.0, codec: Codec | None = None) -> Encoded:
-    """Read any audio file and encode it. Raises AudioError for unreadable input."""
+def encode_reader(codec: Codec, reader: AudioReader, kbps: float, progress=None) -> Encoded:
+    """Encode an opened audio file block by block (bounded memory, however long it is).
+
+    The result equals `encode_audio(codec, load_audio(path), kbps)`.
+    """
+    cfg = codec.cfg
+    if reader.sample_rate != cfg.sample_rate:
+        raise ValueError(f"reader gives {reader.sample_rate} Hz, the codec needs "
+                         f"{cfg.sample_rate}")
+    k = cfg.codebooks_for_kbps(kbps)
+    enc = ChunkedEncoder(codec, k, progress)
+    for block in reader.blocks():
+        enc.push(block)
+    codes = enc.finish()
+    return _stream(codec, codes, k, reader.original_num_samples, reader.original_sample_rate,
+                   reader.notes)
+
+
+def encode_file(path, kbps: float = 3.0, codec: Codec | None = None, progress=None) -> Encoded:
+    """Read any audio file and encode it, block by block. Raises AudioError for unreadable
+    input and ValueError for an unsupported bitrate."""
     codec = codec or load_codec()
-    return encode_audio(codec, load_audio(path, codec.cfg.sample_rate), kbps)
+    codec.cfg.codebooks_for_kbps(kbps)  # an unsupported bitrate fails before reading
+    with open_audio(path, codec.cfg.sample_rate) as reader:
+        return encode_reader(codec, reader, kbps, progress)
 
 
 def check_compatible(codec: Codec, header: StreamHeader) -> None:
@@ -99,22 +131,93 @@ class Decoded:
     header: StreamHeader
 
 
+@dataclass(frozen=True)
+class DecodedFile:
+    """What `decode_to_wav` wrote."""
+
+    path: object
+    sample_rate: int
+    num_samples: int
+    clipped: int
+    level_dbfs: float
+    header: StreamHeader
+    samples: np.ndarray | None = None  # only with keep_samples=True
+
+
+def _prepare(data, codec: Codec | None, original_rate: bool):
+    header, codes = data if isinstance(data, Stream) else parse_stream(data)
+    if original_rate and not MIN_RATE <= header.original_sample_rate <= MAX_RATE:
+        raise StreamError(f"cannot restore the stream's original sample rate "
+                          f"{header.original_sample_rate} Hz (supported: {MIN_RATE}..{MAX_RATE} "
+                          f"Hz); decode at {header.sample_rate} Hz instead")
+    codec = codec or load_codec()
+    check_compatible(codec, header)
+    rate = header.original_sample_rate if original_rate else header.sample_rate
+    length = header.num_samples if original_rate else codec_rate_length(header)
+    return header, codes, codec, rate, length
+
+
+def _blocks(codec: Codec, header: StreamHeader, codes: np.ndarray, rate: int, length: int,
+            progress=None):
+    """Decoded float32 blocks at `rate`, `length` samples in all."""
+    blocks = iter_decode(codec, codes, codec_rate_length(header), progress)
+    if rate == header.sample_rate:
+        yield from blocks
+        return
+    # Back to the input's rate, block by block: the same samples as resampling the whole
+    # signal, trimmed (or zero-padded) to exactly the input's length.
+    converter = Resampler(header.sample_rate, rate)
+    left = length
+    for block in blocks:
+        out = converter.push(block)[:left]
+        left -= len(out)
+        yield out
+    out = converter.flush()[:left]
+    left -= len(out)
+    yield out
+    if left > 0:
+        yield np.zeros(left, dtype=np.float32)
+
+
 def decode_bytes(data: bytes, codec: Codec | None = None, original_rate: bool = False,
                  progress=None) -> Decoded:
     """Stream bytes -> audio at the codec rate, or at the encoder input's rate and exact length.
 
     Raises StreamError for a damaged stream or one from another model or format version.
     """
-    header, codes = parse_stream(data)
-    codec = codec or load_codec()
-    check_compatible(codec, header)
-    samples = decode_codes(codec, codes, codec_rate_length(header), progress)
-    rate = header.sample_rate
-    if original_rate and header.original_sample_rate != rate:
-        samples = resample_to_length(samples, rate, header.original_sample_rate,
-                                     header.num_samples)
-        rate = header.original_sample_rate
+    header, codes, codec, rate, length = _prepare(data, codec, original_rate)
+    parts = [b for b in _blocks(codec, header, codes, rate, length, progress) if len(b)]
+    samples = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
     return Decoded(samples, rate, header)
+
+
+def decode_to_wav(data: bytes | Stream, path, codec: Codec | None = None,
+                  original_rate: bool = False, progress=None,
+                  keep_samples: bool = False) -> DecodedFile:
+    """Stream bytes (or a parsed Stream) -> 16-bit WAV file, decoded and written block by
+    block (bounded memory).
+
+    The file is written to a temporary name and renamed when complete; on any error nothing is
+    left behind. The samples written equal `decode_bytes(...).samples` (clipped to 16 bits).
+
+    Raises:
+        StreamError: damaged stream, another model, unrestorable original rate.
+        AudioError: the output cannot be written, or would exceed the WAV size limit.
+    """
+    header, codes, codec, rate, length = _prepare(data, codec, original_rate)
+    if length > MAX_WAV_SAMPLES:
+        raise AudioError(f"{path}: {length} samples at {rate} Hz exceed the 4 GB limit of a "
+                         f"16-bit WAV file")
+    kept = []
+    with WavWriter(path, rate) as out:
+        for block in _blocks(codec, header, codes, rate, length, progress):
+            out.write(block)
+            if keep_samples and len(block):
+                kept.append(block)
+    samples = None
+    if keep_samples:
+        samples = np.concatenate(kept) if kept else np.zeros(0, dtype=np.float32)
+    return DecodedFile(path, rate, out.frames, out.clipped, out.level_dbfs, header, samples)
 
 
 def decode_file(path, codec: Codec | None = None, original_rate: bool = False) -> Decoded:

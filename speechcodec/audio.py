@@ -10,7 +10,7 @@ Conventions used throughout:
 * sample rates are integers in Hz;
 * lengths are counted in samples.
 
-``import speechcodec.audio`` is cheap: torch is only imported when resampling is needed.
+``import speechcodec.audio`` is cheap: it never imports torch.
 """
 
 from __future__ import annotations
@@ -24,13 +24,18 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from .resampler import MAX_RATE, MIN_RATE, Resampler
+
 __all__ = [
     "DEFAULT_RATE",
     "FRAME_SIZE",
     "Audio",
     "AudioError",
+    "AudioReader",
+    "WavWriter",
     "atomic_write_bytes",
     "load_audio",
+    "open_audio",
     "pad_to_frames",
     "resample",
     "resample_to_length",
@@ -44,10 +49,6 @@ DEFAULT_RATE = 16000
 
 FRAME_SIZE = 320
 """Samples per 20 ms frame at ``DEFAULT_RATE``."""
-
-# Above this many kernel coefficients torchaudio's sinc resampler would need too much memory
-# (it builds a dense [new, orig] kernel from the gcd-reduced rates), so use a polyphase filter.
-_MAX_TORCH_KERNEL = 20_000_000
 
 
 class AudioError(Exception):
@@ -111,12 +112,152 @@ def _check_rate(rate: int, what: str) -> int:
     return int(rate)
 
 
+READ_BLOCK_FRAMES = 1 << 16
+"""Frames read from a file per block (1.4 s at 48 kHz; 2 MB for 8 float32 channels)."""
+
+
+class AudioReader:
+    """An audio file opened for reading block by block as mono float32 at ``target_rate``.
+
+    Opening checks the file (it exists, is a readable audio file with a supported rate);
+    :meth:`blocks` then yields the converted signal piece by piece, so memory stays bounded
+    whatever the file's length, and the concatenated blocks are exactly what
+    :func:`load_audio` returns. Channels are averaged, NaN/Inf samples become 0, nothing is
+    clipped, and the rate is converted with a stateful :class:`Resampler`.
+
+    After :meth:`blocks` is exhausted, :attr:`original_num_samples`, :attr:`num_samples` and
+    :attr:`notes` describe the whole file.
+
+    Raises:
+        AudioError: on opening or while reading; one line naming the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, target_rate: int = DEFAULT_RATE,
+                 block_frames: int | None = None) -> None:
+        self.path = Path(path)
+        self.sample_rate = _check_rate(target_rate, "target_rate")
+        self.block_frames = max(1, int(block_frames or READ_BLOCK_FRAMES))
+        p = self.path
+        if not p.exists():
+            raise _error(p, "file not found")
+        if p.is_dir():
+            raise _error(p, "is a directory, not an audio file")
+        try:
+            size = p.stat().st_size
+        except OSError as exc:
+            raise _error(p, f"cannot access file ({exc.strerror or exc})") from exc
+        if size == 0:
+            raise _error(p, "file is empty (0 bytes)")
+        try:
+            self._file = sf.SoundFile(p)
+        except PermissionError as exc:
+            raise _error(p, "cannot open file (permission denied)") from exc
+        except (sf.SoundFileError, RuntimeError, TypeError, ValueError, OSError) as exc:
+            raise _error(p, f"not a readable audio file ({_read_failure(exc)})") from exc
+        rate, channels = int(self._file.samplerate), int(self._file.channels)
+        if rate <= 0 or channels <= 0:
+            self.close()
+            raise _error(p, f"invalid header (sample rate {rate}, {channels} channels)")
+        if not MIN_RATE <= rate <= MAX_RATE:
+            self.close()
+            raise _error(p, f"sample rate {rate} Hz is not supported "
+                            f"({MIN_RATE}..{MAX_RATE} Hz)")
+        self.original_sample_rate = rate
+        self.original_channels = channels
+        #: Frames the header announces (for progress bars; the count read is authoritative).
+        self.announced_frames = max(0, int(self._file.frames))
+        self.original_num_samples = 0
+        self.num_samples = 0
+        self._bad = 0
+        self._peak = 0.0
+        self._finished = False
+
+    @property
+    def announced_num_samples(self) -> int:
+        """Expected length at ``sample_rate`` from the header's frame count."""
+        return resampled_length(self.announced_frames, self.original_sample_rate,
+                                self.sample_rate)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What was done to the input, in order (complete once :meth:`blocks` is exhausted)."""
+        notes = []
+        if self._bad:
+            noun = "sample" if self._bad == 1 else "samples"
+            notes.append(f"replaced {self._bad} NaN/Inf {noun} with 0")
+        if self.original_channels > 1:
+            notes.append(f"mixed {self.original_channels} channels to mono")
+        if self._peak > 1.0:
+            notes.append(f"peak {self._peak:.3g} exceeds full scale (not clipped)")
+        if self.original_sample_rate != self.sample_rate:
+            notes.append(f"resampled {self.original_sample_rate} Hz -> {self.sample_rate} Hz")
+        return tuple(notes)
+
+    def _read(self) -> np.ndarray:
+        try:
+            return self._file.read(self.block_frames, dtype="float32", always_2d=True)
+        except MemoryError as exc:
+            raise _error(self.path, "out of memory while reading") from exc
+        except (sf.SoundFileError, RuntimeError, TypeError, ValueError, OSError) as exc:
+            raise _error(self.path, f"cannot read audio data ({_read_failure(exc)})") from exc
+
+    def blocks(self):
+        """Yield the signal as mono float32 blocks at ``sample_rate`` (some may be empty)."""
+        if self._finished:
+            raise RuntimeError("AudioReader.blocks() can only be iterated once")
+        self._finished = True
+        converter = None
+        if self.original_sample_rate != self.sample_rate:
+            converter = Resampler(self.original_sample_rate, self.sample_rate)
+        try:
+            while True:
+                data = self._read()
+                if data.shape[0] == 0:
+                    break
+                self.original_num_samples += int(data.shape[0])
+                finite = np.isfinite(data)
+                if not finite.all():
+                    self._bad += int(data.size - np.count_nonzero(finite))
+                    data = np.where(finite, data, np.float32(0.0))
+                if self.original_channels > 1:
+                    mono = data.mean(axis=1, dtype=np.float64).astype(np.float32)
+                else:
+                    mono = np.ascontiguousarray(data[:, 0], dtype=np.float32)
+                self._peak = max(self._peak, float(np.max(np.abs(mono))))
+                out = converter.push(mono) if converter else mono
+                self.num_samples += int(out.shape[0])
+                yield out
+            if self.original_num_samples == 0:
+                raise _error(self.path, "contains no audio samples (0 frames)")
+            if converter:
+                out = converter.flush()
+                self.num_samples += int(out.shape[0])
+                yield out
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> AudioReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_audio(path: str | os.PathLike, target_rate: int = DEFAULT_RATE) -> AudioReader:
+    """Open an audio file for block-by-block reading; see :class:`AudioReader`."""
+    return AudioReader(path, target_rate)
+
+
 def load_audio(path: str | os.PathLike, target_rate: int = DEFAULT_RATE) -> Audio:
     """Read an audio file and return it as mono float32 at ``target_rate``.
 
     Channels are averaged. NaN/Inf samples are replaced by 0 (and noted). Nothing is
     clipped: float files may exceed [-1, 1] (this is noted). The resampled length is
-    ``ceil(original_num_samples * target_rate / original_sample_rate)``.
+    ``ceil(original_num_samples * target_rate / original_sample_rate)``. The samples are the
+    concatenated blocks of :class:`AudioReader`, which reads long files piece by piece.
 
     Args:
         path: file in any format soundfile can read.
@@ -124,68 +265,19 @@ def load_audio(path: str | os.PathLike, target_rate: int = DEFAULT_RATE) -> Audi
 
     Raises:
         AudioError: missing file, directory, empty or non-audio file, corrupt header,
-            file with no samples. The message is one line and names the file.
+            unsupported sample rate, file with no samples. The message is one line and names
+            the file.
     """
-    target_rate = _check_rate(target_rate, "target_rate")
-    p = Path(path)
-    if not p.exists():
-        raise _error(p, "file not found")
-    if p.is_dir():
-        raise _error(p, "is a directory, not an audio file")
-    try:
-        size = p.stat().st_size
-    except OSError as exc:
-        raise _error(p, f"cannot access file ({exc.strerror or exc})") from exc
-    if size == 0:
-        raise _error(p, "file is empty (0 bytes)")
-
-    try:
-        with sf.SoundFile(p) as f:
-            rate = int(f.samplerate)
-            channels = int(f.channels)
-            data = f.read(dtype="float32", always_2d=True)
-    except PermissionError as exc:
-        raise _error(p, "cannot open file (permission denied)") from exc
-    except MemoryError as exc:
-        raise _error(p, "file is too large to load into memory") from exc
-    except (sf.SoundFileError, RuntimeError, TypeError, ValueError, OSError) as exc:
-        raise _error(p, f"not a readable audio file ({_read_failure(exc)})") from exc
-
-    if rate <= 0 or channels <= 0:
-        raise _error(p, f"invalid header (sample rate {rate}, {channels} channels)")
-    num_samples = int(data.shape[0])
-    if num_samples == 0:
-        raise _error(p, "contains no audio samples (0 frames)")
-
-    notes: list[str] = []
-    finite = np.isfinite(data)
-    if not finite.all():
-        bad = int(data.size - np.count_nonzero(finite))
-        data = np.where(finite, data, np.float32(0.0))
-        noun = "sample" if bad == 1 else "samples"
-        notes.append(f"replaced {bad} NaN/Inf {noun} with 0")
-
-    if channels > 1:
-        mono = data.mean(axis=1, dtype=np.float64).astype(np.float32)
-        notes.append(f"mixed {channels} channels to mono")
-    else:
-        mono = np.ascontiguousarray(data[:, 0], dtype=np.float32)
-
-    peak = float(np.max(np.abs(mono)))
-    if peak > 1.0:
-        notes.append(f"peak {peak:.3g} exceeds full scale (not clipped)")
-
-    if rate != target_rate:
-        mono = resample(mono, rate, target_rate)
-        notes.append(f"resampled {rate} Hz -> {target_rate} Hz")
-
+    with AudioReader(path, target_rate) as reader:
+        parts = [b for b in reader.blocks() if b.size]
+    samples = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
     return Audio(
-        samples=mono,
-        sample_rate=target_rate,
-        original_sample_rate=rate,
-        original_num_samples=num_samples,
-        original_channels=channels,
-        notes=tuple(notes),
+        samples=samples,
+        sample_rate=reader.sample_rate,
+        original_sample_rate=reader.original_sample_rate,
+        original_num_samples=reader.original_num_samples,
+        original_channels=reader.original_channels,
+        notes=reader.notes,
     )
 
 
@@ -195,11 +287,10 @@ def resampled_length(num_samples: int, from_rate: int, to_rate: int) -> int:
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Band-limited resampling of a mono signal.
+    """Band-limited resampling of a mono signal (Kaiser-windowed sinc, numpy only).
 
-    Uses ``torchaudio.functional.resample`` (windowed sinc). For rate pairs whose reduced
-    ratio is so large that its kernel would not fit in memory (e.g. 44101 -> 16000 Hz) a
-    polyphase FIR (``scipy.signal.resample_poly``) is used instead.
+    The same converter as :class:`speechcodec.resampler.Resampler` fed the whole signal at
+    once, so block-by-block conversion of a long file gives the same samples.
 
     Args:
         samples: float array ``[N]``.
@@ -214,26 +305,12 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim != 1:
         raise ValueError(f"expected mono samples of shape [N], got shape {x.shape}")
-    out_len = resampled_length(x.shape[0], from_rate, to_rate)
     if from_rate == to_rate:
         return x.copy()
     if x.shape[0] == 0:
         return np.zeros(0, dtype=np.float32)
-
-    g = math.gcd(from_rate, to_rate)
-    up, down = to_rate // g, from_rate // g
-    if up * (down + 2 * math.ceil(6 * down / min(up, down))) <= _MAX_TORCH_KERNEL:
-        import torch
-        import torchaudio.functional as taf
-
-        with torch.no_grad():
-            y = taf.resample(torch.from_numpy(x).unsqueeze(0), down, up)
-        y = y.squeeze(0).numpy()
-    else:
-        from scipy.signal import resample_poly
-
-        y = resample_poly(x.astype(np.float64), up, down)
-    return _fit_length(np.asarray(y, dtype=np.float32), out_len)
+    converter = Resampler(from_rate, to_rate)
+    return np.concatenate([converter.push(x), converter.flush()])
 
 
 def resample_to_length(
@@ -338,8 +415,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     _atomic_write(path, lambda fileobj: fileobj.write(payload))
 
 
-def _atomic_write(path: str | os.PathLike, write) -> None:
-    p = Path(path)
+def _open_temp(p: Path) -> tuple[int, str]:
+    """Check the target and create a temporary file next to it; returns (fd, name)."""
     folder = p.parent
     if not folder.exists():
         raise _error(p, f"cannot write: folder {os.fspath(folder)!r} does not exist")
@@ -348,26 +425,139 @@ def _atomic_write(path: str | os.PathLike, write) -> None:
     if p.is_dir():
         raise _error(p, "cannot write: is a directory")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+        return tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
     except PermissionError as exc:
         raise _error(p, f"cannot write: folder {os.fspath(folder)!r} is not writable") from exc
     except OSError as exc:
         raise _error(p, f"cannot write ({exc.strerror or exc})") from exc
+
+
+def _publish(fileobj, tmp_name: str, p: Path) -> None:
+    """Flush, sync and close ``fileobj``, then move the temporary file onto ``p``."""
+    fileobj.flush()
+    os.fsync(fileobj.fileno())
+    fileobj.close()
+    os.chmod(tmp_name, _file_mode(p))
+    os.replace(tmp_name, p)
+
+
+def _discard(tmp_name: str) -> None:
+    try:
+        os.unlink(tmp_name)
+    except OSError:
+        pass
+
+
+def _atomic_write(path: str | os.PathLike, write) -> None:
+    p = Path(path)
+    fd, tmp_name = _open_temp(p)
     try:
         with os.fdopen(fd, "wb") as fileobj:
             write(fileobj)
-            fileobj.flush()
-            os.fsync(fileobj.fileno())
-        os.chmod(tmp_name, _file_mode(p))
-        os.replace(tmp_name, p)
+            _publish(fileobj, tmp_name, p)
     except BaseException as exc:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
+        _discard(tmp_name)
         if isinstance(exc, OSError):
             raise _error(p, f"cannot write ({exc.strerror or exc})") from exc
         raise
+
+
+class WavWriter:
+    """A 16-bit mono WAV file written block by block, atomically.
+
+    The samples go to a temporary file in the target folder; leaving the ``with`` block
+    normally (or :meth:`commit`) renames it onto ``path``, and any exception (or
+    :meth:`abort`) deletes it, so a failed or interrupted run never leaves a partial file and an
+    existing ``path`` stays untouched. Samples are clipped to [-1, 1] as in :func:`write_wav`.
+
+    Attributes:
+        frames: samples written so far.
+        clipped: samples that had to be clipped.
+        sum_squares: sum of the squared (unclipped) samples, for the level.
+
+    Raises:
+        AudioError: the folder does not exist or is not writable, or writing fails (e.g. disk
+            full); one line naming ``path``.
+    """
+
+    def __init__(self, path: str | os.PathLike, sample_rate: int) -> None:
+        self.path = Path(path)
+        self.sample_rate = _check_rate(sample_rate, "sample_rate")
+        self.frames = 0
+        self.clipped = 0
+        self.sum_squares = 0.0
+        fd, self._tmp = _open_temp(self.path)
+        self._fileobj = os.fdopen(fd, "wb")
+        self._sf = None
+        self._closed = False
+        try:
+            self._sf = sf.SoundFile(self._fileobj, mode="w", samplerate=self.sample_rate,
+                                    channels=1, subtype="PCM_16", format="WAV")
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException):
+        """Throw the temporary file away and re-raise, as an AudioError if it is an I/O error."""
+        self.abort()
+        if isinstance(exc, (OSError, RuntimeError, sf.SoundFileError)):
+            reason = getattr(exc, "strerror", None) or _one_line(exc)
+            raise _error(self.path, f"cannot write ({reason})") from exc
+        raise exc
+
+    @property
+    def level_dbfs(self) -> float:
+        """RMS level of what was written (before clipping), dB re full scale."""
+        if self.frames == 0 or self.sum_squares <= 0.0:
+            return float("-inf")
+        return 10.0 * math.log10(self.sum_squares / self.frames)
+
+    def write(self, samples: np.ndarray) -> None:
+        x = np.asarray(samples).reshape(-1)
+        if x.size == 0:
+            return
+        pcm, clipped = to_int16(x)
+        try:
+            self._sf.write(pcm)
+        except BaseException as exc:
+            self._fail(exc)
+        self.frames += int(x.size)
+        self.clipped += clipped
+        finite = np.nan_to_num(x.astype(np.float64), nan=0.0, posinf=1.0, neginf=-1.0)
+        self.sum_squares += float(np.dot(finite, finite))
+
+    def commit(self) -> Path:
+        """Finish the file and move it onto ``path``."""
+        if self._closed:
+            raise RuntimeError("WavWriter already closed")
+        try:
+            self._sf.close()
+            _publish(self._fileobj, self._tmp, self.path)
+        except BaseException as exc:
+            self._fail(exc)
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        """Throw the temporary file away (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for closer in (self._sf, self._fileobj):
+            try:
+                if closer is not None:
+                    closer.close()
+            except Exception:
+                pass
+        _discard(self._tmp)
+
+    def __enter__(self) -> WavWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
 
 
 def _file_mode(p: Path) -> int:

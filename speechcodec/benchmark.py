@@ -1,14 +1,22 @@
 """Speed, memory and size of the shipped codec: `scripts/benchmark` (figures, not a test).
 
 Real-time factor = seconds of audio processed per second of wall time, on one thread.
+
+Memory: `speechcodec encode` then `speechcodec decode` of a 1-minute and a 60-minute file
+(44.1 kHz stereo 16-bit WAV, the samples tiled), each in a fresh process so that each peak is
+its own. Reported are the peak RSS of that process in total and above its RSS right after
+importing torch and loading the model (which a CUDA build of torch makes large).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,8 +41,91 @@ def speech_of_length(seconds: float, sample_rate: int = 16000) -> np.ndarray:
     return np.concatenate(clips * reps)[:n].astype(np.float32)
 
 
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak RSS of this process image. Linux's VmHWM, not ru_maxrss: a child's ru_maxrss
+    starts at its parent's size at fork time, which would count the parent's memory."""
+    hwm = _status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb() -> float:
+    rss = _status_mb("VmRSS")
+    return rss if rss is not None else float("nan")
+
+
+def write_long_file(path: Path, minutes: float, rate: int = 44100, channels: int = 2) -> None:
+    """A WAV of `minutes` of speech (the samples tiled), written block by block."""
+    import soundfile as sf
+
+    from .resampler import Resampler
+
+    clip = speech_of_length(20.0)  # 16 kHz mono
+    conv = Resampler(16000, rate)
+    clip = np.concatenate([conv.push(clip), conv.flush()])
+    gains = np.linspace(1.0, 0.5, channels, dtype=np.float32)
+    total = int(minutes * 60 * rate)
+    with sf.SoundFile(path, "w", samplerate=rate, channels=channels, subtype="PCM_16") as f:
+        done = 0
+        while done < total:
+            n = min(len(clip), total - done)
+            f.write(clip[:n, None] * gains[None, :])
+            done += n
+
+
+def _memory_child(wav: str, model: str | None) -> None:
+    """In a fresh process: load, then encode and decode `wav` through the CLI; print JSON."""
+    import torch  # noqa: F401  (the baseline includes it, as every real run does)
+
+    from .cli import main as cli_main
+
+    load_codec(model)
+    base = current_rss_mb()
+    spc, out = wav + ".spc", wav + ".out.wav"
+    extra = ["--model", model] if model else []
+    t0 = time.perf_counter()
+    rc = cli_main(["encode", wav, spc, "-f", "--json", *extra])
+    t1 = time.perf_counter()
+    rc = rc or cli_main(["decode", spc, out, "-f", "--json", *extra])
+    t2 = time.perf_counter()
+    peak = peak_rss_mb()
+    print(json.dumps({"rc": rc, "rss_after_load_mb": base, "peak_rss_mb": peak,
+                      "encode_s": t1 - t0, "decode_s": t2 - t1}))
+
+
+def memory(minutes_list: list[float], model: str | None) -> list[dict]:
+    """Peak RSS of encode + decode of files of each length, each in its own process."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="speechcodec_bench_") as tmp:
+        for minutes in minutes_list:
+            wav = Path(tmp) / f"speech_{minutes:g}min.wav"
+            write_long_file(wav, minutes)
+            cmd = [sys.executable, "-m", "speechcodec.benchmark", "--memory-child", str(wav)]
+            if model:
+                cmd += ["--model", model]
+            r = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+            lines = r.stdout.strip().splitlines()
+            if r.returncode != 0 or not lines:
+                raise RuntimeError(f"memory run failed: {r.stderr.strip()[-500:]}")
+            row = json.loads(lines[-1])
+            if row["rc"] != 0:
+                raise RuntimeError(f"encode/decode failed: {r.stderr.strip()[-500:]}")
+            row.update(minutes=minutes, file_mb=wav.stat().st_size / 1e6)
+            rows.append(row)
+            for p in Path(tmp).iterdir():
+                p.unlink()
+    return rows
 
 
 def _best_of(fn, repeats: int) -> tuple[float, object]:
@@ -83,9 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="best of N runs (default 3)")
     p.add_argument("--model", help="model name or file (default: shipped model)")
+    p.add_argument("--memory-minutes", default="1,60",
+                   help="file lengths for the peak-RSS runs (default 1,60; '' to skip)")
+    p.add_argument("--memory-child", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.memory_child:
+        torch.set_num_threads(args.threads)
+        _memory_child(args.memory_child, args.model)
+        return 0
     r = run(args.seconds, args.threads, args.repeats, args.model)
+    minutes = [float(m) for m in args.memory_minutes.split(",") if m.strip()]
+    r["memory"] = memory(minutes, args.model) if minutes else []
     if args.json:
         json.dump(r, sys.stdout, indent=2)
         print()
@@ -101,6 +201,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['streaming_ms_per_frame']:.2f} ms per frame = {r['streaming_rtf']:.1f}x real time")
     print(f"peak memory (RSS): {r['peak_rss_mb']:.0f} MB "
           f"(of which {r['rss_after_load_mb']:.0f} MB after importing torch and loading the model)")
+    if r["memory"]:
+        print("speechcodec encode + decode of a 44.1 kHz stereo 16-bit WAV, one process each:")
+        print("  minutes   file MB   encode s   decode s   peak RSS MB   after load MB   "
+              "peak above load MB")
+        for m in r["memory"]:
+            print(f"  {m['minutes']:7g}   {m['file_mb']:7.0f}   {m['encode_s']:8.1f}   "
+                  f"{m['decode_s']:8.1f}   {m['peak_rss_mb']:11.0f}   "
+                  f"{m['rss_after_load_mb']:13.0f}   "
+                  f"{m['peak_rss_mb'] - m['rss_after_load_mb']:18.0f}")
     return 0
 
 

@@ -42,14 +42,22 @@ def _parse_overrides(items: list[str]) -> tuple[dict, dict]:
 
 
 def _progress(total_samples: int, sample_rate: int, desc: str):
-    """A tqdm callback for long inputs, or None for short ones."""
-    if total_samples < PROGRESS_MIN_SECONDS * sample_rate:
+    """A tqdm callback for long inputs on a terminal, or None. The bar is erased when done, so
+    stderr keeps only notes and, on failure, the one-line error."""
+    if total_samples < PROGRESS_MIN_SECONDS * sample_rate or not sys.stderr.isatty():
         return None, None
     from tqdm import tqdm
 
-    bar = tqdm(total=round(total_samples / sample_rate, 1), desc=desc, unit="s audio",
+    bar = tqdm(total=total_samples / sample_rate, desc=desc, unit="s audio", leave=False,
                file=sys.stderr, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}]")
-    return (lambda n: bar.update(n / sample_rate)), bar
+    left = [total_samples]
+
+    def update(n: int) -> None:  # the coded signal is padded to whole frames: stop at the end
+        step = min(n, left[0])
+        left[0] -= step
+        bar.update(step / sample_rate)
+
+    return update, bar
 
 
 def _codec(args):
@@ -66,30 +74,37 @@ def _level_db(x) -> float:
 
 
 # -- commands --------------------------------------------------------------------------------
+def _print_notes(path, notes) -> None:
+    """What was done to an input (mixed down, resampled, ...): one line each, on stderr."""
+    for note in notes:
+        print(f"speechcodec: note: {path}: {note}", file=sys.stderr)
+
+
 def cmd_encode(args) -> int:
-    from .api import encode_audio
-    from .audio import atomic_write_bytes, load_audio
+    from .api import encode_reader
+    from .audio import atomic_write_bytes, open_audio
 
     out = check_output(args.output, args.force)
     codec = _codec(args)
-    audio = load_audio(args.input, codec.cfg.sample_rate)
-    progress, bar = _progress(audio.num_samples, audio.sample_rate, "encoding")
     try:
-        kbps = args.kbps
-        enc = encode_audio(codec, audio, kbps, progress)
+        codec.cfg.codebooks_for_kbps(args.kbps)
     except ValueError as e:
         raise UserError(str(e)) from None
-    finally:
-        if bar:
-            bar.close()
+    # Read, resample and encode block by block: memory stays bounded for long inputs.
+    with open_audio(args.input, codec.cfg.sample_rate) as reader:
+        progress, bar = _progress(reader.announced_num_samples, reader.sample_rate, "encoding")
+        try:
+            enc = encode_reader(codec, reader, args.kbps, progress)
+        finally:
+            if bar:
+                bar.close()
     atomic_write_bytes(out, enc.data)
-    info = {"input": str(args.input), "output": str(out), "notes": list(audio.notes),
+    info = {"input": str(args.input), "output": str(out), "notes": list(enc.notes),
             **enc.summary()}
+    _print_notes(args.input, enc.notes)
     if args.json:
         print_json(info)
     else:
-        for note in audio.notes:
-            print(f"note: {note}")
         print(f"{out}: {info['seconds']:.2f} s, {enc.header.num_codebooks} codebooks, "
               f"{enc.header.num_frames} frames, {len(enc.data)} bytes")
         print(f"payload {enc.payload_kbps:.3f} kbps, file {enc.file_kbps:.3f} kbps, "
@@ -98,22 +113,33 @@ def cmd_encode(args) -> int:
 
 
 def cmd_decode(args) -> int:
-    from .api import decode_bytes, quality
-    from .audio import load_audio, write_wav
+    from .api import codec_rate_length, decode_to_wav, quality
+    from .audio import load_audio
+    from .bitstream import parse_stream
 
     out = check_output(args.output, args.force)
-    data = _read_stream_bytes(args.input)
+    stream = parse_stream(_read_stream_bytes(args.input))  # damaged streams fail before torch
     codec = _codec(args)
-    dec = decode_bytes(data, codec, original_rate=args.original_rate)
-    clipped = write_wav(out, dec.samples, dec.sample_rate)
-    h = dec.header
+    h = stream.header
+    ref = None
+    if args.ref:  # read the reference first: a bad one must not leave a decoded file behind
+        ref_rate = h.original_sample_rate if args.original_rate else h.sample_rate
+        ref = load_audio(args.ref, ref_rate).samples
+    progress, bar = _progress(codec_rate_length(h), h.sample_rate, "decoding")
+    try:
+        # Decoded and written block by block to a temporary file, renamed when complete.
+        dec = decode_to_wav(stream, out, codec, original_rate=args.original_rate,
+                            progress=progress, keep_samples=bool(args.ref))
+    finally:
+        if bar:
+            bar.close()
+    clipped = dec.clipped
     info = {"input": str(args.input), "output": str(out), "sample_rate": dec.sample_rate,
-            "num_samples": len(dec.samples), "seconds": round(h.duration_seconds, 3),
+            "num_samples": dec.num_samples, "seconds": round(h.duration_seconds, 3),
             "codebooks": h.num_codebooks, "payload_kbps": h.exact_kbps(),
             "file_kbps": h.exact_kbps(include_overhead=True), "clipped_samples": clipped,
-            "level_dbfs": _level_db(dec.samples)}
-    if args.ref:
-        ref = load_audio(args.ref, dec.sample_rate).samples
+            "level_dbfs": dec.level_dbfs}
+    if ref is not None:
         info["quality"] = quality(ref, dec.samples, dec.sample_rate).as_dict()
     if args.json:
         print_json(info)
@@ -192,16 +218,29 @@ def cmd_roundtrip(args) -> int:
     from .audio import load_audio, write_wav
 
     codec = _codec(args)
-    audio = load_audio(args.input, codec.cfg.sample_rate)
-    rows = []
+    rates = parse_kbps_list(args.kbps)
+    try:
+        for kbps in rates:
+            codec.cfg.codebooks_for_kbps(kbps)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     out_dir = Path(args.out) if args.out else None
+    wavs = {}
+    if out_dir:  # refuse existing outputs before any work, so a run never stops half-written
+        wavs = {k: out_dir / f"{Path(args.input).stem}_{k:g}kbps.wav" for k in rates}
+        if out_dir.is_dir():
+            for wav in wavs.values():
+                check_output(wav, args.force)
+    audio = load_audio(args.input, codec.cfg.sample_rate)
     if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    for kbps in parse_kbps_list(args.kbps):
         try:
-            enc = encode_audio(codec, audio, kbps)
-        except ValueError as e:
-            raise UserError(str(e)) from None
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{out_dir}: cannot create output folder "
+                            f"({e.strerror or e})") from None
+    rows = []
+    for kbps in rates:
+        enc = encode_audio(codec, audio, kbps)
         dec = decode_bytes(enc.data, codec)
         q = quality(audio.samples, dec.samples, dec.sample_rate, perceptual=not args.fast)
         row = {"kbps": kbps, **enc.summary(), **q.as_dict(),
@@ -209,17 +248,15 @@ def cmd_roundtrip(args) -> int:
                "level_out_dbfs": _level_db(dec.samples), "length_in": audio.num_samples,
                "length_out": len(dec.samples)}
         if out_dir:
-            wav = out_dir / f"{Path(args.input).stem}_{kbps:g}kbps.wav"
-            check_output(wav, args.force)
+            wav = wavs[kbps]
             write_wav(wav, dec.samples, dec.sample_rate)
             row["output"] = str(wav)
         rows.append(row)
+    _print_notes(args.input, audio.notes)
     if args.json:
         print_json({"input": str(args.input), "notes": list(audio.notes),
                     "latency_ms": codec.latency.ms, "results": rows})
         return 0
-    for note in audio.notes:
-        print(f"note: {note}")
     print(f"{args.input}: {audio.duration_s:.2f} s; model {codec.model_id}, "
           f"latency {codec.latency.ms:g} ms")
     print_table(rows, [("kbps", "kbps", 1), ("payload_kbps", "payload", 3),

@@ -7,6 +7,9 @@ imports happen inside the commands, so ``relay`` starts without torch.
     speechcodec receive out.wav --listen 127.0.0.1:5004
     speechcodec relay --listen 127.0.0.1:5005 --to 127.0.0.1:5004 --loss 5% --jitter 20ms
     speechcodec send talk.wav --to 127.0.0.1:5005 --kbps 3
+
+With ``--key-file FILE`` (or the ``SPEECHCODEC_KEY`` environment variable) at both ends, every
+packet carries an authentication tag. A key is never taken from the command line.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import sys
 
 from .cliutil import UserError, check_output, print_json
 
-__all__ = ["add_commands", "build_channel", "parse_duration", "parse_fraction"]
+__all__ = ["add_commands", "build_channel", "format_ignored", "parse_duration",
+           "parse_fraction"]
 
 # Kept in sync with receiver.CONCEALMENTS (not imported: that module needs torch).
 CONCEALMENTS = ("interpolate", "repeat", "none")
@@ -118,6 +122,32 @@ def _add_codec_args(p: argparse.ArgumentParser) -> None:
                    help="20 ms frames per packet (default 1)")
 
 
+def _add_key_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key-file", metavar="FILE",
+                   help="authenticate packets with the pre-shared key in FILE (at least 16 "
+                        "bytes, e.g. from 'openssl rand -hex 32'); without it, the key in the "
+                        "SPEECHCODEC_KEY environment variable, if set")
+    # Never a key on the command line (other users see it in the process list): refused.
+    p.add_argument("--key", dest="key_on_command_line", help=argparse.SUPPRESS)
+
+
+def _key(args) -> bytes | None:
+    """The key from --key-file or the environment (and say which), or None."""
+    from .transport import KEY_ENV, load_key
+
+    if getattr(args, "key_on_command_line", None) is not None:
+        raise UserError("--key: a key on the command line can be read by other users (process "
+                        f"list, shell history); put it in a file for --key-file, or in the "
+                        f"{KEY_ENV} environment variable")
+    try:
+        key, where = load_key(args.key_file)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if key is not None:
+        _say(f"authenticating packets with the key from the {where}")
+    return key
+
+
 def _add_receiver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--playout-delay", default="40ms",
                    help="jitter buffer delay (default 40ms); packets later than this are dropped")
@@ -181,13 +211,14 @@ def cmd_simulate(args) -> int:
 
     out = check_output(args.output, args.force)
     channel = build_channel(args)
+    key = _key(args)
     audio = _load(args.input)
     codec = _codec(args)
     k, fec, fpp = _stream_params(codec, args)
     playout = parse_duration(args.playout_delay, "--playout-delay")
     result = simulate(codec, audio.samples, channel=channel, num_codebooks=k, fec_codebooks=fec,
                       frames_per_packet=fpp, playout_delay=playout,
-                      concealment=args.concealment)
+                      concealment=args.concealment, key=key)
     y, rate = result.samples, codec.cfg.sample_rate
     if audio.original_sample_rate != rate:
         y = resample_to_length(y, rate, audio.original_sample_rate, audio.original_num_samples)
@@ -208,6 +239,7 @@ def cmd_send(args) -> int:
     from .transport import send_udp
 
     to = _address(args.to)
+    key = _key(args)
     audio = _load(args.input)
     codec = _codec(args)
     k, fec, fpp = _stream_params(codec, args)
@@ -216,7 +248,7 @@ def cmd_send(args) -> int:
     try:
         r = send_udp(codec, audio.samples, k, to, fec_codebooks=fec, frames_per_packet=fpp,
                      fast=args.fast, original_sample_rate=audio.original_sample_rate,
-                     original_num_samples=audio.original_num_samples)
+                     original_num_samples=audio.original_num_samples, key=key)
     except OSError as e:
         raise UserError(f"cannot send to {to[0]}:{to[1]}: {e.strerror or e}") from None
     if args.json:
@@ -224,10 +256,15 @@ def cmd_send(args) -> int:
     else:
         print(f"sent         {r.packets_sent} packets + END, {r.duration_s:.2f} s of audio in "
               f"{r.wall_s:.2f} s")
-        print(f"rate         payload {r.payload_kbps:.2f} kbps + FEC {r.fec_kbps:.2f} kbps; "
+        print(f"rate         {_rate_text(r.payload_kbps, r.fec_kbps, r.auth_kbps)}; "
               f"packets {r.packet_kbps:.2f} kbps; RTP/UDP/IPv4 would add "
               f"{r.rtp_udp_ipv4_kbps:.2f} kbps")
     return 0
+
+
+def _rate_text(payload: float, fec: float, auth: float) -> str:
+    text = f"payload {payload:.2f} kbps + FEC {fec:.2f} kbps"
+    return text + (f" + authentication {auth:.2f} kbps" if auth else "")
 
 
 def cmd_relay(args) -> int:
@@ -235,10 +272,11 @@ def cmd_relay(args) -> int:
 
     listen, to = _address(args.listen), _address(args.to)
     channel = build_channel(args)
+    garbage = parse_fraction(args.garbage, "--garbage")
     _sigterm_as_interrupt()
     try:
         r = relay_udp(listen, to, channel, timeout=args.timeout, wait=args.wait,
-                      stop_after_end=not args.keep_running,
+                      stop_after_end=not args.keep_running, garbage=garbage, seed=args.seed,
                       on_ready=lambda a: _say(f"relay listening on {a[0]}:{a[1]}, forwarding "
                                               f"to {to[0]}:{to[1]} through {channel!r}"))
     except OSError as e:
@@ -250,15 +288,36 @@ def cmd_relay(args) -> int:
               f"{r.packets_dropped}, duplicated {r.packets_duplicated}, corrupted "
               f"{r.packets_corrupted}; END forwarded {r.end_forwarded}x; stopped by "
               f"{r.stopped_by}")
+        if r.garbage_sent:
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(r.garbage_sent.items()))
+            print(f"garbage      {sum(r.garbage_sent.values())} junk datagrams injected: {kinds}")
     return 0
 
 
 def cmd_receive(args) -> int:
+    import ipaddress
+    import socket
+
     from .receiver import format_quality
-    from .transport import receive_udp
+    from .transport import parse_peer, receive_udp
 
     out = check_output(args.output, args.force)
     listen = _address(args.listen)
+    key = _key(args)
+    peer = None
+    if args.peer:
+        family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
+        try:
+            peer = parse_peer(args.peer, family)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    try:
+        loopback = ipaddress.ip_address(listen[0]).is_loopback
+    except ValueError:
+        loopback = listen[0] == "localhost"
+    if not loopback and key is None:
+        _say(f"note: listening on {listen[0]}, beyond this machine, without a key: whoever "
+             "sends the first valid packet becomes the peer (see --peer and --key-file)")
     codec = _codec(args)
     playout = parse_duration(args.playout_delay, "--playout-delay")
     ref = _load(args.ref) if args.ref else None
@@ -266,7 +325,7 @@ def cmd_receive(args) -> int:
     try:
         r = receive_udp(codec, listen, out, playout_delay=playout,
                         concealment=args.concealment, use_fec=not args.no_fec,
-                        timeout=args.timeout, wait=args.wait,
+                        timeout=args.timeout, wait=args.wait, key=key, peer=peer,
                         on_ready=lambda a: _say(f"receiver listening on {a[0]}:{a[1]}, "
                                                 f"writing {out}"))
     except OSError as e:
@@ -284,11 +343,12 @@ def cmd_receive(args) -> int:
     print(f"received     {s.packets_arrived} packets of {sent} sent; lost {lost}, late "
           f"{s.packets_late}, duplicated {s.packets_duplicated}, corrupted "
           f"{s.packets_corrupted}; stopped by {r.stopped_by}")
+    print(f"ignored      {format_ignored(s)}")
     print(f"frames       {s.frames_played}: decoded {s.frames_decoded}, recovered by FEC "
           f"{s.frames_recovered_fec}, concealed {s.frames_concealed}")
     if r.rates:
         q = r.rates
-        print(f"rate         payload {q['payload_kbps']:.2f} kbps + FEC {q['fec_kbps']:.2f} kbps; "
+        print(f"rate         {_rate_text(q['payload_kbps'], q['fec_kbps'], q['auth_kbps'])}; "
               f"packets {q['packet_kbps']:.2f} kbps; RTP/UDP/IPv4 would add "
               f"{q['rtp_udp_ipv4_kbps']:.2f} kbps")
     print(f"latency      {r.latency_ms:.0f} ms + network = codec {r.codec_latency_ms:.0f} + "
@@ -298,6 +358,14 @@ def cmd_receive(args) -> int:
         print(f"vs clean     {format_quality(r.quality_vs_clean)}")
     print(f"wrote        {out} ({r.num_samples} samples at {r.sample_rate} Hz)")
     return 0
+
+
+def format_ignored(s) -> str:
+    """The datagrams a receiver dropped besides late ones, by kind (a ReceiverStats)."""
+    return (f"oversized {s.packets_oversized}, wrong peer {s.packets_wrong_peer}, malformed "
+            f"{s.packets_malformed}, failed authentication {s.packets_auth_failed}, "
+            f"replayed/duplicate {s.packets_duplicated}, out of window "
+            f"{s.packets_out_of_window}, other model {s.packets_rejected}")
 
 
 def _score(codec, ref, r) -> None:
@@ -338,6 +406,7 @@ def add_commands(sub) -> None:
     _add_codec_args(p)
     _add_receiver_args(p)
     _add_channel_args(p)
+    _add_key_args(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-f", "--force", action="store_true", help="overwrite OUTPUT")
     p.set_defaults(func=cmd_simulate)
@@ -349,6 +418,7 @@ def add_commands(sub) -> None:
     _add_codec_args(p)
     p.add_argument("--fast", action="store_true",
                    help="send as fast as it encodes instead of in real time")
+    _add_key_args(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_send)
 
@@ -360,6 +430,10 @@ def add_commands(sub) -> None:
     p.add_argument("--to", default=f"127.0.0.1:{RECEIVER_PORT}",
                    help=f"address to forward to (default 127.0.0.1:{RECEIVER_PORT})")
     _add_channel_args(p)
+    p.add_argument("--garbage", default="0%",
+                   help="a hostile network: for this share of the packets also send the "
+                        "receiver a junk datagram (random, oversized, malformed, replayed or "
+                        "far-future), e.g. 1%% (default 0%%)")
     _timeouts(p, "relaying")
     p.add_argument("--keep-running", action="store_true",
                    help="keep relaying after the end of a stream")
@@ -374,6 +448,10 @@ def add_commands(sub) -> None:
     p.add_argument("--model", help="shipped model name or model file (default: the base model)")
     _add_receiver_args(p)
     p.add_argument("--no-fec", action="store_true", help="ignore FEC copies in the packets")
+    p.add_argument("--peer", metavar="HOST[:PORT]",
+                   help="accept packets only from this address (default: from the source of "
+                        "the first valid packet)")
+    _add_key_args(p)
     p.add_argument("--ref", help="the sender's input: also report quality against it")
     _timeouts(p, "receiving")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

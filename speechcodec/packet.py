@@ -18,13 +18,19 @@ packet, for forward error correction. All multi-byte integers are big-endian (ne
     +---------------+---------------+---------------+               +
     |        payload: (K + C) x F codes, B bits each, MSB first     |
     +                               +-------------------------------+
+    |                               |                               |
+    +-------------------------------+                               +
+    :    authentication tag (10 bytes, only with flag AUTH 0x2)     :
+    +                               +-------------------------------+
     |                               |    CRC-16 of all bytes above  |
     +-------------------------------+-------------------------------+
 
     Offset  Size  Field          Meaning
     ------  ----  -------------  --------------------------------------------------------------
          0   4 b  version        1 (the high nibble of byte 0)
-         0   4 b  flags          0x1 END: end of stream (no codes, see below); others reserved, 0
+         0   4 b  flags          0x1 END: end of stream (no codes, see below);
+                                 0x2 AUTH: an authentication tag follows the payload;
+                                 others reserved, 0
          1     1  codebook_bits  B, bits per code (1..16; 10 for 1024-entry codebooks)
          2     2  sequence       +1 per packet, wraps 65535 -> 0 (compare with seq_gt/seq_diff)
          4     4  timestamp      sample index of the packet's first frame, wraps at 2**32
@@ -32,7 +38,10 @@ packet, for forward error correction. All multi-byte integers are big-endian (ne
          9     1  num_frames     F, frames in this packet
         10     1  fec_codebooks  C, codebooks of the FEC copy (0: no FEC; C <= K)
         11     P  payload        P = ceil((K + C) * F * B / 8) bytes
-    11 + P     2  crc            CRC-16/CCITT-FALSE (binascii.crc_hqx, initial 0xFFFF)
+    11 + P    10  tag            AUTH only: the first 10 bytes (80 bits) of
+                                 HMAC-SHA256(key, bytes [0, 11 + P)); T = 10, else T = 0
+    11+P+T     2  crc            CRC-16/CCITT-FALSE (binascii.crc_hqx, initial 0xFFFF) of
+                                 bytes [0, 11 + P + T)
 
 The payload is ``bitstream.pack_codes`` of the ``[K + C, F]`` array whose first K rows are this
 packet's codes and whose last C rows are the first C codebooks of the previous packet's F frames
@@ -45,14 +54,27 @@ An END packet (flag 0x1) has K = F = C = 0, its timestamp is the end of the code
 length at the codec rate), ``original_sample_rate`` and ``original_num_samples``, so a receiver
 can trim its output to exactly the sender's input.
 
-Overhead: 13 bytes per packet (11 header + 2 CRC). The CRC turns any corruption the channel
-causes into a lost packet: a receiver never decodes damaged codes. Every malformed or damaged
-packet raises :class:`PacketError`, whose message says what is wrong.
+Authentication (optional, flag 0x2): sender and receiver share a secret key of at least 16
+bytes; the tag is a truncated HMAC-SHA256 over the header and payload, as SRTP truncates its
+HMAC to 80 bits. The flag bit is covered by the tag, so it cannot be stripped; a receiver with a
+key refuses packets without it, and one without a key refuses packets with it. The version
+stays 1: a packet without the flag is byte for byte what it was before authentication existed,
+and an older reader refuses an authenticated packet as "unsupported packet flags 0x2" instead
+of reading the tag as codes. The tag says who made the packet, not when: replays are caught by
+the receiver's sequence-number window, as in SRTP.
+
+Overhead: 13 bytes per packet (11 header + 2 CRC), 23 with a tag. The CRC, which covers the
+tag too, turns any corruption the channel causes into a lost packet (:class:`ChecksumError`);
+a packet with a correct CRC but a wrong tag was made or altered by someone without the key
+(:class:`AuthenticationError`). Every malformed, damaged or unauthenticated packet raises a
+:class:`PacketError`, whose message says what is wrong.
 """
 
 from __future__ import annotations
 
 import binascii
+import hashlib
+import hmac
 import struct
 from dataclasses import dataclass
 
@@ -62,17 +84,25 @@ from .bitstream import MAX_CODE_BITS, _int_field, pack_codes, packed_size, unpac
 
 __all__ = [
     "CRC_SIZE",
+    "FLAG_AUTH",
     "FLAG_END",
     "HEADER_SIZE",
+    "MIN_KEY_BYTES",
     "MIN_PACKET_SIZE",
     "OVERHEAD_BYTES",
     "PACKET_VERSION",
     "RTP_UDP_IPV4_BYTES",
+    "TAG_SIZE",
+    "AuthenticationError",
+    "ChecksumError",
     "EndOfStream",
     "Packet",
     "PacketError",
     "Packetizer",
+    "auth_tag",
+    "check_key",
     "is_end_packet",
+    "max_packet_size",
     "nominal_rates",
     "packetize",
     "parse_packet",
@@ -86,7 +116,8 @@ __all__ = [
 
 PACKET_VERSION: int = 1
 FLAG_END: int = 0x1
-_KNOWN_FLAGS = FLAG_END
+FLAG_AUTH: int = 0x2
+_KNOWN_FLAGS = FLAG_END | FLAG_AUTH
 
 #: version|flags, codebook_bits, sequence, timestamp, num_codebooks, num_frames, fec_codebooks
 _HEADER = struct.Struct(">BBHIBBB")
@@ -98,6 +129,10 @@ CRC_SIZE: int = _CRC.size  # 2
 #: Bytes our format adds to the payload of every packet.
 OVERHEAD_BYTES: int = HEADER_SIZE + CRC_SIZE  # 13
 MIN_PACKET_SIZE: int = OVERHEAD_BYTES
+#: Bytes of the authentication tag (80 bits of HMAC-SHA256, as SRTP's default tag).
+TAG_SIZE: int = 10
+#: Shortest pre-shared key accepted (128 bits).
+MIN_KEY_BYTES: int = 16
 #: Bytes the network would add per packet: RTP (12) + UDP (8) + IPv4 (20) headers.
 RTP_UDP_IPV4_BYTES: int = 12 + 8 + 20
 
@@ -107,7 +142,21 @@ _U8, _U16, _U32 = 0xFF, 0xFFFF, 0xFFFF_FFFF
 
 
 class PacketError(ValueError):
-    """A byte string that is not a valid v1 packet (truncated, damaged, or invalid fields)."""
+    """A byte string that is not a valid v1 packet (truncated, damaged, or invalid fields).
+
+    The two subclasses say why when it matters to a receiver: :class:`ChecksumError` (damaged
+    on the way: a lost packet) and :class:`AuthenticationError` (not made by a key holder).
+    Anything else is a malformed packet: intact, but not a valid one.
+    """
+
+
+class ChecksumError(PacketError):
+    """The CRC does not match: the packet was damaged on the way (or is random bytes)."""
+
+
+class AuthenticationError(PacketError):
+    """The packet's tag is missing, wrong, or unexpected: spoofed or altered, or the two ends
+    do not share the same key."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,13 +293,35 @@ class Packet:
                 f"F={self.num_frames} fec={self.fec_codebooks} {self.size} B)")
 
 
-def serialize_packet(packet: Packet) -> bytes:
-    """``packet`` -> bytes; ``parse_packet(serialize_packet(p))`` equals ``p`` field by field.
+def check_key(key: bytes | bytearray) -> bytes:
+    """``key`` as bytes, if it is usable as a pre-shared key (at least 16 bytes).
 
     Raises:
-        ValueError: a code does not fit in ``codebook_bits``.
+        ValueError: too short, or not bytes.
+    """
+    if not isinstance(key, bytes | bytearray):
+        raise ValueError(f"a key must be bytes, got {type(key).__name__}")
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"a key must have at least {MIN_KEY_BYTES} bytes, got {len(key)}")
+    return bytes(key)
+
+
+def auth_tag(key: bytes, data: bytes | bytearray | memoryview) -> bytes:
+    """The 10-byte tag of ``data`` (header and payload): truncated HMAC-SHA256."""
+    return hmac.new(key, data, hashlib.sha256).digest()[:TAG_SIZE]
+
+
+def serialize_packet(packet: Packet, key: bytes | None = None) -> bytes:
+    """``packet`` -> bytes; ``parse_packet(serialize_packet(p, key), key)`` equals ``p`` field
+    by field. With ``key``, the AUTH flag is set and the tag appended (``TAG_SIZE`` bytes more).
+
+    Raises:
+        ValueError: a code does not fit in ``codebook_bits``, or the key is too short.
     """
     flags = FLAG_END if packet.end is not None else 0
+    if key is not None:
+        key = check_key(key)
+        flags |= FLAG_AUTH
     header = _HEADER.pack((PACKET_VERSION << 4) | flags, packet.codebook_bits, packet.seq,
                           packet.timestamp, packet.num_codebooks, packet.num_frames,
                           packet.fec_codebooks)
@@ -262,6 +333,8 @@ def serialize_packet(packet: Packet) -> bytes:
     else:
         payload = pack_codes(np.concatenate([packet.codes, packet.fec]), packet.codebook_bits)
     body = header + payload
+    if key is not None:
+        body += auth_tag(key, body)
     return body + _CRC.pack(crc16(body))
 
 
@@ -271,19 +344,38 @@ def crc16(data: bytes | bytearray | memoryview) -> int:
 
 
 def is_end_packet(data: bytes | bytearray | memoryview) -> bool:
-    """Cheap check for an intact END packet (version, flag and CRC), without parsing the rest."""
+    """Cheap check for an intact END packet (version, flag, length and CRC), without parsing
+    the rest and without checking an authentication tag (a relay has no key)."""
     view = memoryview(data).cast("B")
-    return (len(view) == OVERHEAD_BYTES + _END.size and view[0] == (PACKET_VERSION << 4) | FLAG_END
+    if not view or view[0] >> 4 != PACKET_VERSION or not view[0] & FLAG_END:
+        return False
+    tag = TAG_SIZE if view[0] & FLAG_AUTH else 0
+    return (len(view) == OVERHEAD_BYTES + _END.size + tag
             and _CRC.unpack_from(view, len(view) - CRC_SIZE)[0] == crc16(view[:-CRC_SIZE]))
 
 
-def parse_packet(data: bytes | bytearray | memoryview) -> Packet:
-    """Parse and validate one packet.
+def max_packet_size(num_codebooks: int, codebook_bits: int, authenticated: bool = False,
+                    frames_per_packet: int = _U8) -> int:
+    """The largest valid packet with at most ``num_codebooks`` codebooks (and as many FEC
+    codebooks) of ``codebook_bits`` bits and ``frames_per_packet`` frames: anything longer is
+    not a packet a receiver for that model can use."""
+    k = max(1, num_codebooks)
+    payload = max(_END.size, packed_size(2 * k, frames_per_packet, codebook_bits))
+    return OVERHEAD_BYTES + payload + (TAG_SIZE if authenticated else 0)
 
-    Checks, in order: length, version, CRC, flags, fields, payload length, padding bits.
+
+def parse_packet(data: bytes | bytearray | memoryview, key: bytes | None = None) -> Packet:
+    """Parse and validate one packet; with ``key``, also check its authentication tag.
+
+    Checks, in order: length, CRC, version, the tag (required with a key, refused without),
+    flags, fields, payload length, padding bits. The tag is checked before any field is
+    interpreted, so with a key nothing a non-key-holder wrote gets further than that.
 
     Raises:
-        PacketError: for anything but exactly one intact v1 packet.
+        ChecksumError: the CRC does not match (damaged; the message also names a version
+            field that is not 1, since a newer format may check differently).
+        AuthenticationError: with ``key``: no tag or a wrong one; without: a tag.
+        PacketError: for anything else but exactly one intact v1 packet.
     """
     view = memoryview(data).cast("B")
     size = len(view)
@@ -291,20 +383,39 @@ def parse_packet(data: bytes | bytearray | memoryview) -> Packet:
         raise PacketError(f"packet truncated: {size} bytes, a packet is at least "
                           f"{MIN_PACKET_SIZE}")
     version = view[0] >> 4
+    (stored,) = _CRC.unpack_from(view, size - CRC_SIZE)
+    if stored != crc16(view[: size - CRC_SIZE]):
+        if version != PACKET_VERSION:
+            raise ChecksumError(f"packet damaged, or of unsupported packet version {version} "
+                                f"(this build reads version {PACKET_VERSION}): checksum "
+                                "mismatch")
+        raise ChecksumError("packet damaged: checksum mismatch")
     if version != PACKET_VERSION:
         raise PacketError(f"unsupported packet version {version} (this build reads "
                           f"version {PACKET_VERSION})")
-    (stored,) = _CRC.unpack_from(view, size - CRC_SIZE)
-    if stored != crc16(view[: size - CRC_SIZE]):
-        raise PacketError("packet damaged: checksum mismatch")
     # Intact from here on: anything wrong below was sent that way.
     vflags, bits, seq, ts, k, f, c = _HEADER.unpack_from(view, 0)
     flags = vflags & 0xF
+    end = size - CRC_SIZE
+    if key is not None:
+        if not flags & FLAG_AUTH:
+            raise AuthenticationError("packet not authenticated: no tag, and this receiver "
+                                      "has a key")
+        if end - HEADER_SIZE < TAG_SIZE:
+            raise PacketError(f"packet truncated: {size} bytes, an authenticated packet is at "
+                              f"least {MIN_PACKET_SIZE + TAG_SIZE}")
+        end -= TAG_SIZE
+        if not hmac.compare_digest(view[end: end + TAG_SIZE], auth_tag(check_key(key),
+                                                                         view[:end])):
+            raise AuthenticationError("packet authentication failed: wrong tag (spoofed or "
+                                      "altered, or another key)")
+    elif flags & FLAG_AUTH:
+        raise AuthenticationError("packet is authenticated (flag 0x2), but no key was given")
     if flags & ~_KNOWN_FLAGS:
         raise PacketError(f"unsupported packet flags 0x{flags:x}")
     if not 1 <= bits <= MAX_CODE_BITS:
         raise PacketError(f"invalid packet: codebook_bits {bits} outside 1..{MAX_CODE_BITS}")
-    payload = view[HEADER_SIZE: size - CRC_SIZE]
+    payload = view[HEADER_SIZE: end]
     if flags & FLAG_END:
         if k or f or c:
             raise PacketError("invalid packet: END packet with codes")
@@ -406,16 +517,20 @@ def packetize(codes: np.ndarray, codebook_bits: int, frame_size: int, frames_per
 
 
 def nominal_rates(num_codebooks: int, fec_codebooks: int, frames_per_packet: int,
-                  codebook_bits: int, frame_rate: float) -> dict[str, float]:
+                  codebook_bits: int, frame_rate: float,
+                  authenticated: bool = False) -> dict[str, float]:
     """Bitrates in kbit/s of a stream of full packets: ``payload_kbps`` (the codes),
-    ``fec_kbps`` (the FEC copies), ``packet_kbps`` (whole packets, our header and CRC included)
-    and ``rtp_udp_ipv4_kbps`` (what those headers would add on a real network)."""
+    ``fec_kbps`` (the FEC copies), ``auth_kbps`` (the authentication tags, 0 without),
+    ``packet_kbps`` (whole packets: our header, CRC and tag included) and
+    ``rtp_udp_ipv4_kbps`` (what those headers would add on a real network)."""
     packets_per_s = frame_rate / frames_per_packet
-    size = OVERHEAD_BYTES + packed_size(num_codebooks + fec_codebooks, frames_per_packet,
-                                        codebook_bits)
+    tag = TAG_SIZE if authenticated else 0
+    size = OVERHEAD_BYTES + tag + packed_size(num_codebooks + fec_codebooks, frames_per_packet,
+                                              codebook_bits)
     return {
         "payload_kbps": num_codebooks * codebook_bits * frame_rate / 1000,
         "fec_kbps": fec_codebooks * codebook_bits * frame_rate / 1000,
+        "auth_kbps": tag * 8 * packets_per_s / 1000,
         "packet_kbps": size * 8 * packets_per_s / 1000,
         "rtp_udp_ipv4_kbps": RTP_UDP_IPV4_BYTES * 8 * packets_per_s / 1000,
     }

@@ -20,6 +20,16 @@ Time: packet ``p`` is sent when its last frame has been captured. The jitter buf
 its playout clock on the first packet that arrives: frame ``i`` is played at
 ``t_first + playout_delay + (i - i_first) * frame_duration``. A packet arriving after its first
 frame was played is late and dropped, as is a second copy of a sequence number.
+
+Hostile input: every datagram goes through the same checks, in this order, and each kind of
+refusal has its own counter in :class:`ReceiverStats`: not from the peer (wrong peer: the
+configured one, else the source of the first valid packet), too large for this model's
+packets (oversized), CRC mismatch (corrupted), no or wrong authentication tag when a key is set
+(failed authentication), not a valid packet (malformed), another model's packet (rejected),
+sequence number or timestamp far outside the window around the playout point (out of window),
+a sequence number already received (duplicate or replay), and a frame already played (late).
+The jitter buffer lives in fixed arrays of ``max_buffer`` frames, and a packet can only land
+inside that window, so no sequence of datagrams makes it grow.
 """
 
 from __future__ import annotations
@@ -36,10 +46,16 @@ from .model import Codec
 from .packet import (
     OVERHEAD_BYTES,
     RTP_UDP_IPV4_BYTES,
+    TAG_SIZE,
+    AuthenticationError,
+    ChecksumError,
     EndOfStream,
     PacketError,
     Packetizer,
+    check_key,
+    max_packet_size,
     parse_packet,
+    seq_add,
     serialize_packet,
     unwrap,
 )
@@ -66,8 +82,17 @@ CONCEALMENTS = ("none", "repeat", "interpolate")
 
 _SEQ_WINDOW = 1 << 14  # remembered sequence numbers, for duplicate detection
 _EPSILON = 1e-9  # seconds: rounding of playout times
-#: A packet this many frames (about 6 hours) beyond the playout point is not from this stream.
-MAX_FRAMES_AHEAD = 1 << 20
+#: Frames the jitter buffer can hold ahead of the playout point (655 s, enough for a sender in
+#: fast mode with a 10-minute file); a packet further ahead or behind is out of window.
+MAX_BUFFER_FRAMES = 1 << 15
+#: A sequence number further than this from the highest one accepted is out of window (unless
+#: the next packet continues from it: then the sender restarted, and the window follows it).
+SEQ_WINDOW = 1 << 13
+#: If the first packet to arrive is further into the stream than this (10 s), the receiver joins
+#: the stream there instead of conceal-playing everything before it.
+MAX_LEAD_FRAMES = 500
+#: The highest original sample rate an END packet may announce.
+MAX_ORIGINAL_RATE = 384_000
 
 
 class Concealer:
@@ -150,14 +175,24 @@ class Concealer:
 
 @dataclass
 class ReceiverStats:
-    """What a receiver saw. Packet counts are datagrams; frame counts are 20 ms frames."""
+    """What a receiver saw. Packet counts are datagrams; frame counts are 20 ms frames.
 
-    packets_arrived: int = 0  # media datagrams received, whatever their state (END not counted)
+    Each datagram is counted once in ``datagrams`` and, unless it was an END packet, in exactly
+    one of the ``packets_*`` counters from ``packets_used`` on (``packets_arrived`` counts the
+    ones of acceptable size from the peer, whatever happened to them next)."""
+
+    datagrams: int = 0  # everything read from the socket, END packets included
+    packets_arrived: int = 0  # from the peer, not oversized, whatever their state (END not counted)
     packets_used: int = 0  # intact, on time, first copy
     packets_late: int = 0
-    packets_duplicated: int = 0
-    packets_corrupted: int = 0  # failed the CRC or were malformed: treated as lost
+    packets_duplicated: int = 0  # a sequence number already received: a duplicate or a replay
+    packets_corrupted: int = 0  # failed the CRC: damaged on the way, treated as lost
+    packets_malformed: int = 0  # intact CRC but not a valid packet (or too short for one)
+    packets_auth_failed: int = 0  # no tag or a wrong one (spoofed or altered), or a tag unasked
     packets_rejected: int = 0  # intact but not for this model (codebook bits or count)
+    packets_out_of_window: int = 0  # sequence number or timestamp far from the playout point
+    packets_oversized: int = 0  # longer than any packet of this model
+    packets_wrong_peer: int = 0  # from another address than the peer's
     frames_played: int = 0
     frames_decoded: int = 0  # from their own codes
     frames_recovered_fec: int = 0  # from the FEC copy in the next packet
@@ -184,20 +219,38 @@ class Receiver:
         concealment: one of :data:`CONCEALMENTS`.
         use_fec: decode a lost frame from the FEC copy carried by the next packet, if that
             packet arrived in time.
+        key: pre-shared key (at least 16 bytes): accept only packets with a valid
+            authentication tag. None: accept only packets without one.
+        peer: accept datagrams only from this source address, ``(host, port)`` with numeric
+            host (port 0: any port of that host). None: from whichever source sends the first
+            valid packet.
+        max_buffer: frames the jitter buffer holds at most; packets further than this ahead of
+            (or behind) the playout point are dropped as out of window.
     """
 
     def __init__(self, codec: Codec, playout_delay: float = 0.04,
-                 concealment: str = "interpolate", use_fec: bool = True) -> None:
+                 concealment: str = "interpolate", use_fec: bool = True, *,
+                 key: bytes | None = None, peer: tuple[str, int] | None = None,
+                 max_buffer: int = MAX_BUFFER_FRAMES) -> None:
         if not playout_delay >= 0 or math.isinf(playout_delay):
             raise ValueError(f"playout delay must be >= 0 seconds, got {playout_delay}")
+        if max_buffer < 1:
+            raise ValueError(f"max_buffer must be at least 1 frame, got {max_buffer}")
         cfg = codec.cfg
         self.cfg = cfg
         self.playout_delay = float(playout_delay)
         self.use_fec = use_fec
+        self.key = None if key is None else check_key(key)
+        self.peer = None if peer is None else (str(peer[0]), int(peer[1]))
+        self.peer_fixed = peer is not None  # configured, or fixed by the first valid packet
+        self.max_buffer = int(max_buffer)
+        self.max_packet_size = max_packet_size(cfg.num_codebooks, cfg.bits_per_code,
+                                               self.key is not None)
         self.frame_duration = cfg.frame_size / cfg.sample_rate
         self.concealer = Concealer(codec, concealment)
         self.stats = ReceiverStats()
         self.anchor: tuple[float, int] | None = None  # (arrival time, first frame index)
+        self.start_frame = 0  # first frame played (> 0 if it joined a stream late)
         self.next_frame = 0
         self.end: EndOfStream | None = None
         self.end_frame: int | None = None
@@ -205,71 +258,126 @@ class Receiver:
         self.frames_per_packet = 1  # the most in one packet
         self.num_codebooks = 0  # of the last packet used
         self.fec_codebooks = 0
-        self._codes: dict[int, np.ndarray] = {}
-        self._fec: dict[int, np.ndarray] = {}
+        self._codes = _FrameStore(self.max_buffer, cfg.num_codebooks)
+        self._fec = _FrameStore(self.max_buffer, cfg.num_codebooks)
         self._seen: set[int] = set()
         self._seq_ref: int | None = None
-        self._ts_ref: int | None = None
+        self._seq_resync: int | None = None  # an out-of-window seq a restart may continue
 
     # -- input ----------------------------------------------------------------------------
-    def receive(self, data: bytes, now: float) -> str:
-        """Take one datagram; returns what it was: ``"ok"``, ``"late"``, ``"duplicate"``,
-        ``"corrupted"``, ``"rejected"`` or ``"end"``."""
+    def receive(self, data: bytes, now: float, source: tuple | None = None) -> str:
+        """Take one datagram (from address ``source``, if known); returns what it was:
+        ``"ok"``, ``"end"``, or why it was dropped: ``"wrong_peer"``, ``"oversized"``,
+        ``"corrupted"``, ``"auth_failed"``, ``"malformed"``, ``"rejected"``,
+        ``"out_of_window"``, ``"duplicate"`` or ``"late"``."""
         st = self.stats
+        st.datagrams += 1
+        if source is not None and self.peer is not None and not _same_peer(source, self.peer):
+            st.packets_wrong_peer += 1
+            return "wrong_peer"
+        if len(data) > self.max_packet_size:
+            st.packets_oversized += 1
+            return "oversized"
         try:
-            pkt = parse_packet(data)
+            pkt = parse_packet(data, self.key)
+        except ChecksumError:
+            return self._count_arrived("corrupted")
+        except AuthenticationError:
+            return self._count_arrived("auth_failed")
         except PacketError:
-            st.packets_arrived += 1
-            st.packets_corrupted += 1
-            return "corrupted"
+            return self._count_arrived("malformed")
         if pkt.end is None:
             st.packets_arrived += 1
         if pkt.codebook_bits != self.cfg.bits_per_code or (
                 pkt.num_codebooks > self.cfg.num_codebooks):
             st.packets_rejected += 1
             return "rejected"
-        ts = pkt.timestamp if self._ts_ref is None else unwrap(pkt.timestamp, self._ts_ref, 32)
-        if ts % self.cfg.frame_size:
+        # The timestamp, unwrapped around the playout point: the window follows the receiver's
+        # clock, not what packets claim, so no packet can move it.
+        fs = self.cfg.frame_size
+        ts = pkt.timestamp if self.anchor is None else unwrap(pkt.timestamp,
+                                                              self.next_frame * fs, 32)
+        if ts % fs:
             st.packets_rejected += 1
             return "rejected"
-        frame = ts // self.cfg.frame_size
+        frame = ts // fs
         if pkt.end is not None:
-            if self.end is None:
-                self.end = pkt.end
-                self.end_frame = frame
-                st.end_received = True
-            return "end"
+            return self._receive_end(pkt, frame)
 
+        ahead = frame - self.next_frame
+        if self.anchor is None and ahead > MAX_LEAD_FRAMES:
+            ahead = 0  # the first packet, far into a stream: join it there
+        if not -self.max_buffer < ahead <= self.max_buffer - pkt.num_frames:
+            st.packets_out_of_window += 1
+            return "out_of_window"
         seq = pkt.seq if self._seq_ref is None else unwrap(pkt.seq, self._seq_ref)
+        if self._seq_ref is not None and abs(seq - self._seq_ref) > SEQ_WINDOW:
+            # A sender that restarted continues from here; a stray packet does not.
+            if self._seq_resync is None or pkt.seq != seq_add(self._seq_resync, 1):
+                self._seq_resync = pkt.seq
+                st.packets_out_of_window += 1
+                return "out_of_window"
+            self._seen.clear()
+            self._seq_ref = seq = pkt.seq
+        self._seq_resync = None
         if seq in self._seen:
             st.packets_duplicated += 1
             return "duplicate"
-        self._remember(seq)
-        self._ts_ref = ts if self._ts_ref is None else max(self._ts_ref, ts)
-        if self.anchor is None:
-            self.anchor = (now, frame)
-            if frame > MAX_FRAMES_AHEAD:  # joined a stream long after its start
-                self.next_frame = frame
-        if frame - self.next_frame > MAX_FRAMES_AHEAD:  # not this stream's
-            st.packets_rejected += 1
-            return "rejected"
         if frame < self.next_frame:
+            self._remember(seq)
             st.packets_late += 1
             return "late"
+        self._remember(seq)
+        if self.anchor is None:
+            self.anchor = (now, frame)
+            if frame - self.next_frame > MAX_LEAD_FRAMES:
+                self.next_frame = self.start_frame = frame
+        if not self.peer_fixed and source is not None:
+            self.peer = (str(source[0]), int(source[1]))
+            self.peer_fixed = True
         st.packets_used += 1
         f = pkt.num_frames
         self.frames_per_packet = max(self.frames_per_packet, f)
         self.num_codebooks = pkt.num_codebooks
         self.fec_codebooks = max(self.fec_codebooks, pkt.fec_codebooks)
         for j in range(f):
-            self._codes[frame + j] = pkt.codes[:, j]
+            self._codes.put(frame + j, pkt.codes[:, j])
         self.last_frame = max(self.last_frame, frame + f - 1)
         if pkt.fec_codebooks:
             for j in range(f):
                 i = frame - f + j
                 if i >= self.next_frame and i not in self._codes:
-                    self._fec[i] = pkt.fec[:, j]
+                    self._fec.put(i, pkt.fec[:, j])
         return "ok"
+
+    def _count_arrived(self, kind: str) -> str:
+        st = self.stats
+        st.packets_arrived += 1
+        name = {"corrupted": "packets_corrupted", "auth_failed": "packets_auth_failed",
+                "malformed": "packets_malformed"}[kind]
+        setattr(st, name, getattr(st, name) + 1)
+        return kind
+
+    def _receive_end(self, pkt, frame: int) -> str:
+        """An END packet: believed only if it is consistent and inside the window, so a forged
+        one cannot make the receiver play (or pad) hours of audio."""
+        st = self.stats
+        e = pkt.end
+        rate = self.cfg.sample_rate
+        if not abs(frame - self.next_frame) < self.max_buffer:
+            st.packets_out_of_window += 1
+            return "out_of_window"
+        if (e.num_samples > frame * self.cfg.frame_size
+                or e.original_sample_rate > MAX_ORIGINAL_RATE
+                or e.original_num_samples > (e.num_samples + 1) * e.original_sample_rate
+                // rate + 1):
+            st.packets_malformed += 1
+            return "malformed"
+        if self.end is None:
+            self.end = e
+            self.end_frame = frame
+            st.end_received = True
+        return "end"
 
     def _remember(self, seq: int) -> None:
         self._seen.add(seq)
@@ -277,6 +385,11 @@ class Receiver:
         if len(self._seen) > 2 * _SEQ_WINDOW:
             low = self._seq_ref - _SEQ_WINDOW
             self._seen = {s for s in self._seen if s >= low}
+
+    @property
+    def buffered_frames(self) -> int:
+        """Frames waiting in the jitter buffer (their own codes), at most ``max_buffer``."""
+        return len(self._codes)
 
     # -- output ---------------------------------------------------------------------------
     def deadline(self, frame: int) -> float | None:
@@ -315,9 +428,10 @@ class Receiver:
     def _play_one(self) -> torch.Tensor:
         i = self.next_frame
         self.next_frame += 1
-        codes = self._codes.pop(i, None)
-        fec = self._fec.pop(i, None) if self.use_fec else None
-        self._fec.pop(i, None)
+        codes = self._codes.pop(i)
+        fec = self._fec.pop(i)
+        if not self.use_fec:
+            fec = None
         ahead = None
         if codes is None and fec is None and self.concealer.mode == "interpolate":
             ahead = self._nearest_ahead(i)
@@ -342,6 +456,51 @@ class Receiver:
             if codes is not None:
                 return d, codes
         return None
+
+
+def _same_peer(source: tuple, peer: tuple[str, int]) -> bool:
+    return source[0] == peer[0] and (peer[1] == 0 or source[1] == peer[1])
+
+
+class _FrameStore:
+    """The codes of up to ``capacity`` frames, by frame index, in fixed memory: a ring of
+    ``capacity`` rows, row ``i % capacity`` holding frame ``i``. The receiver only stores frames
+    within ``capacity`` of its playout point, so two live frames never share a row."""
+
+    _EMPTY = np.iinfo(np.int64).min  # no frame has this index
+
+    def __init__(self, capacity: int, width: int) -> None:
+        self.capacity = capacity
+        self._frame = np.full(capacity, self._EMPTY, np.int64)
+        self._count = np.zeros(capacity, np.uint8)
+        self._codes = np.zeros((capacity, width), np.uint16)
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __contains__(self, i: int) -> bool:
+        return bool(self._frame[i % self.capacity] == i)
+
+    def put(self, i: int, codes: np.ndarray) -> None:
+        row = i % self.capacity
+        self._size += self._frame[row] == self._EMPTY
+        self._frame[row] = i
+        self._count[row] = len(codes)
+        self._codes[row, : len(codes)] = codes
+
+    def get(self, i: int) -> np.ndarray | None:
+        row = i % self.capacity
+        if self._frame[row] != i:
+            return None
+        return self._codes[row, : self._count[row]].astype(np.int64)
+
+    def pop(self, i: int) -> np.ndarray | None:
+        codes = self.get(i)
+        if codes is not None:
+            self._frame[i % self.capacity] = self._EMPTY
+            self._size -= 1
+        return codes
 
 
 class StreamingDecoder:
@@ -407,6 +566,7 @@ class SimulationResult:
     quality: Quality | None  # against the original
     quality_vs_clean: Quality | None  # against the lossless-channel decode
     quality_clean: Quality | None  # lossless-channel decode against the original
+    auth_kbps: float = 0.0  # the authentication tags, if the packets carried them
 
     @property
     def latency_ms(self) -> float:
@@ -430,7 +590,7 @@ def simulate(codec: Codec, samples: np.ndarray, kbps: float | None = None,
              fec_codebooks: int = 0, frames_per_packet: int = 1, playout_delay: float = 0.04,
              concealment: str = "interpolate", first_seq: int = 0, quality: bool = True,
              perceptual: bool = True, codes: np.ndarray | None = None,
-             clean: np.ndarray | None = None) -> SimulationResult:
+             clean: np.ndarray | None = None, key: bytes | None = None) -> SimulationResult:
     """Send ``samples`` through packets, ``channel`` and a receiver, all in this process.
 
     Args:
@@ -446,6 +606,7 @@ def simulate(codec: Codec, samples: np.ndarray, kbps: float | None = None,
         quality: compute the quality measures (``perceptual``: with PESQ and STOI).
         codes: the codes ``[K, F]`` of ``samples`` if already computed.
         clean: the lossless decode ``[N]`` if already computed.
+        key: authenticate the packets with this pre-shared key (their tags count in the rates).
 
     Returns:
         A :class:`SimulationResult`; its ``samples`` always have exactly N samples.
@@ -476,16 +637,16 @@ def simulate(codec: Codec, samples: np.ndarray, kbps: float | None = None,
     sends, frame_end = [], 0
     for p in packets:
         frame_end += p.num_frames
-        sends.append((frame_end * dur, serialize_packet(p)))
+        sends.append((frame_end * dur, serialize_packet(p, key)))
     deliveries = channel.transmit(sends)
 
-    rx = Receiver(codec, playout_delay, concealment)
+    rx = Receiver(codec, playout_delay, concealment, key=key)
     latents = []
     for d in deliveries:
         latents.append(rx.play_due(d.time))
         rx.receive(d.data, d.time)
     # The END packet goes around the channel: the simulation knows when the stream ends.
-    rx.receive(serialize_packet(packetizer.end(n, cfg.sample_rate, n)), math.inf)
+    rx.receive(serialize_packet(packetizer.end(n, cfg.sample_rate, n), key), math.inf)
     latents.append(rx.finish())
     # The decoder is causal and streaming equals batch, so decoding the latents in large
     # chunks after the fact gives the same samples as decoding each frame at its playout time.
@@ -525,7 +686,8 @@ def simulate(codec: Codec, samples: np.ndarray, kbps: float | None = None,
         rtp_udp_ipv4_kbps=len(packets) * RTP_UDP_IPV4_BYTES * 8 / seconds / 1000,
         codec_latency_ms=codec.latency.ms, packetization_ms=(frames_per_packet - 1) * dur * 1000,
         network_delay_ms=network * 1000, playout_delay_ms=playout_delay * 1000,
-        quality=q, quality_vs_clean=qv, quality_clean=qc)
+        quality=q, quality_vs_clean=qv, quality_clean=qc,
+        auth_kbps=(len(packets) * TAG_SIZE * 8 / seconds / 1000) if key is not None else 0.0)
 
 
 def _fmt(v: float | None, digits: int = 2) -> str:
@@ -545,6 +707,8 @@ def format_report(r: SimulationResult) -> str:
     """A few human-readable lines about one simulation."""
     s = r.stats
     fec = f", FEC {r.fec_codebooks} codebooks (+{r.fec_kbps:.2f} kbps)" if r.fec_codebooks else ""
+    auth = f" + authentication {r.auth_kbps:.2f} kbps" if r.auth_kbps else ""
+    header = f"{OVERHEAD_BYTES}-byte header+CRC" + (f", {TAG_SIZE}-byte tag" if auth else "")
     lines = [
         f"channel      {r.channel}",
         f"stream       {r.duration_s:.2f} s, {r.num_codebooks} codebooks, "
@@ -555,8 +719,8 @@ def format_report(r: SimulationResult) -> str:
         f"frames       {s.frames_played}: decoded {s.frames_decoded}, recovered by FEC "
         f"{s.frames_recovered_fec}, concealed {s.frames_concealed} ({s.frames_interpolated} "
         "bridged to a later frame)",
-        f"rate         payload {r.payload_kbps:.2f} kbps + FEC {r.fec_kbps:.2f} kbps; packets "
-        f"{r.packet_kbps:.2f} kbps ({OVERHEAD_BYTES}-byte header+CRC); RTP/UDP/IPv4 would add "
+        f"rate         payload {r.payload_kbps:.2f} kbps + FEC {r.fec_kbps:.2f} kbps{auth}; "
+        f"packets {r.packet_kbps:.2f} kbps ({header}); RTP/UDP/IPv4 would add "
         f"{r.rtp_udp_ipv4_kbps:.2f} kbps",
         f"latency      {r.latency_ms:.0f} ms = codec {r.codec_latency_ms:.0f} + packetization "
         f"{r.packetization_ms:.0f} + network {r.network_delay_ms:.0f} + playout "

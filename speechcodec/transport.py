@@ -13,9 +13,21 @@
 * The receiver feeds a :class:`~speechcodec.receiver.Receiver` on its own clock and writes the
   WAV file as frames are played, rewriting the header's sizes after every write, so an
   interrupted or killed receiver leaves a valid file with everything played so far. It stops
-  at the END packet, or ``timeout`` seconds after the last packet if the sender vanishes.
+  at the END packet, or ``timeout`` seconds after the last packet of the stream if the sender
+  vanishes (datagrams it ignores do not keep it waiting).
 
-The relay needs neither torch nor a model.
+Hardening of the receiver: it listens on 127.0.0.1 unless told otherwise; it reads at most
+``READ_BATCH`` datagrams before it plays what is due, so a flood cannot starve the playout; it
+reads each datagram into a buffer one byte longer than the largest packet of its model, so a
+bigger one is seen as oversized without being read whole; everything else (peer, checksum,
+authentication tag, windows, duplicates) is :class:`~speechcodec.receiver.Receiver`'s.
+
+Keys (:func:`load_key`) come from a file or the ``SPEECHCODEC_KEY`` environment variable, never
+from a command-line argument, which other users can read in the process list.
+
+The relay needs neither torch nor a model. With ``garbage > 0`` it also plays a hostile network
+and injects junk datagrams towards the receiver from its own address (see
+:func:`garbage_datagram`).
 """
 
 from __future__ import annotations
@@ -35,15 +47,29 @@ from pathlib import Path
 import numpy as np
 
 from .channel import Channel, Perfect
-from .packet import RTP_UDP_IPV4_BYTES, is_end_packet, nominal_rates, serialize_packet
+from .packet import (
+    CRC_SIZE,
+    MIN_KEY_BYTES,
+    RTP_UDP_IPV4_BYTES,
+    TAG_SIZE,
+    check_key,
+    crc16,
+    is_end_packet,
+    nominal_rates,
+    serialize_packet,
+)
 
 __all__ = [
     "DEFAULT_HOST",
+    "KEY_ENV",
     "ReceiveResult",
     "RelayResult",
     "SendResult",
     "WavWriter",
+    "garbage_datagram",
+    "load_key",
     "parse_address",
+    "parse_peer",
     "receive_udp",
     "relay_udp",
     "send_udp",
@@ -52,6 +78,74 @@ __all__ = [
 DEFAULT_HOST = "127.0.0.1"
 MAX_DATAGRAM = 65535
 END_REPEATS = 3
+#: Datagrams the receiver reads before it plays what is due (a flood cannot starve playout).
+READ_BATCH = 64
+#: The environment variable a key may come from.
+KEY_ENV = "SPEECHCODEC_KEY"
+_MAX_KEY_FILE = 4096
+
+
+def load_key(key_file: str | os.PathLike | None = None,
+             environ: dict | None = None) -> tuple[bytes | None, str]:
+    """The pre-shared key and where it came from: the file ``key_file`` if given, else the
+    ``SPEECHCODEC_KEY`` environment variable if set and not empty, else ``(None, "")``.
+
+    The key is the file's bytes (or the variable's UTF-8 bytes) with surrounding whitespace
+    removed, at least 16 bytes: e.g. ``openssl rand -hex 32 > call.key``. Both ends must use
+    the same bytes.
+
+    Raises:
+        ValueError: the file cannot be read, is too large, or the key is too short.
+    """
+    if key_file is not None:
+        path = Path(key_file)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(_MAX_KEY_FILE + 1)
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read the key file ({e.strerror or e})") from None
+        if len(raw) > _MAX_KEY_FILE:
+            raise ValueError(f"{path}: not a key file (more than {_MAX_KEY_FILE} bytes)")
+        where = f"key file {path}"
+    else:
+        env = os.environ if environ is None else environ
+        value = env.get(KEY_ENV, "")
+        if not value.strip():
+            return None, ""
+        raw = value.encode("utf-8")
+        where = f"environment variable {KEY_ENV}"
+    key = raw.strip()
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"the key in the {where} is too short: {len(key)} bytes, at least "
+                         f"{MIN_KEY_BYTES} needed (e.g. openssl rand -hex 32)")
+    return check_key(key), where
+
+
+def parse_peer(text: str, family: int = socket.AF_INET) -> tuple[str, int]:
+    """``"HOST:PORT"`` or ``"HOST"`` (any port, given as 0) -> (numeric host, port), resolved
+    in address ``family`` (that of the listening socket) the way datagrams report their
+    source."""
+    t = str(text).strip()
+    if t.startswith("[") and "]" in t:
+        host, _, rest = t[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif t.count(":") == 1:
+        host, _, port = t.partition(":")
+    else:
+        host, port = t, ""
+    if not host:
+        raise ValueError(f"bad peer '{text}': expected HOST or HOST:PORT")
+    try:
+        number = int(port) if port else 0
+    except ValueError:
+        raise ValueError(f"bad peer '{text}': expected HOST or HOST:PORT") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"bad peer '{text}': port must be in 0..65535")
+    try:
+        info = socket.getaddrinfo(host, number, family=family, type=socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError):
+        raise ValueError(f"bad peer '{text}': unknown host {host}") from None
+    return info[0][4][0], number
 
 
 def parse_address(text: str, default_host: str = DEFAULT_HOST) -> tuple[str, int]:
@@ -94,13 +188,16 @@ def _udp_socket(bind: tuple[str, int] | None = None) -> socket.socket:
     return sock
 
 
-def _recv_pending(sock: socket.socket) -> list[tuple[bytes, float]]:
-    """Every datagram already queued on ``sock``, each with its arrival time on the
-    ``time.monotonic()`` clock (the kernel's receive timestamp where available)."""
+def _recv_pending(sock: socket.socket, bufsize: int = MAX_DATAGRAM,
+                  limit: int | None = None) -> list[tuple[bytes, float, tuple]]:
+    """The datagrams already queued on ``sock`` (at most ``limit``), each with its arrival
+    time on the ``time.monotonic()`` clock (the kernel's receive timestamp where available)
+    and its source address. A datagram longer than ``bufsize`` comes back cut to ``bufsize``
+    bytes."""
     out = []
-    while True:
+    while limit is None or len(out) < limit:
         try:
-            data, anc, _flags, _addr = sock.recvmsg(MAX_DATAGRAM, 64, socket.MSG_DONTWAIT)
+            data, anc, _flags, addr = sock.recvmsg(bufsize, 64, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return out
         now_mono, now_real = time.monotonic(), time.time()
@@ -109,7 +206,8 @@ def _recv_pending(sock: socket.socket) -> list[tuple[bytes, float]]:
             if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
                 sec, nsec = _TIMESPEC.unpack_from(value)
                 arrival = min(now_mono, now_mono - (now_real - (sec + nsec * 1e-9)))
-        out.append((data, arrival))
+        out.append((data, arrival, addr))
+    return out
 
 
 def _wait_readable(sock: socket.socket, timeout: float) -> None:
@@ -203,6 +301,8 @@ class SendResult:
     rtp_udp_ipv4_kbps: float
     wall_s: float
     realtime: bool
+    authenticated: bool = False
+    auth_kbps: float = 0.0  # the authentication tags (included in packet_kbps)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -211,12 +311,13 @@ class SendResult:
 def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int], *,
              fec_codebooks: int = 0, frames_per_packet: int = 1, fast: bool = False,
              first_seq: int = 0, original_sample_rate: int | None = None,
-             original_num_samples: int | None = None,
+             original_num_samples: int | None = None, key: bytes | None = None,
              sleep: Callable[[float], None] = time.sleep) -> SendResult:
     """Encode ``samples [N]`` (codec rate) frame by frame and send the packets to ``to``.
 
     In real time (the default) packet ``p`` leaves when its last frame would have been
-    captured by a microphone; ``fast`` sends as soon as each packet is encoded.
+    captured by a microphone; ``fast`` sends as soon as each packet is encoded. With ``key``
+    every packet carries an authentication tag.
     """
     import torch
 
@@ -252,7 +353,7 @@ def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int]
                 if wait > 0:
                     sleep(wait)
             for p in packets:
-                data = serialize_packet(p)
+                data = serialize_packet(p, key)
                 sock.sendto(data, (host, port))
                 sent += 1
                 nbytes += len(data)
@@ -260,7 +361,7 @@ def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int]
                 fec_bits += p.fec_codebooks * p.num_frames * cfg.bits_per_code
         end = serialize_packet(packetizer.end(n, original_sample_rate or cfg.sample_rate,
                                               n if original_num_samples is None
-                                              else original_num_samples))
+                                              else original_num_samples), key)
         for i in range(END_REPEATS):
             if i and not fast:
                 sleep(dur)
@@ -274,7 +375,8 @@ def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int]
         bytes_sent=nbytes, payload_kbps=payload_bits / seconds / 1000,
         fec_kbps=fec_bits / seconds / 1000, packet_kbps=nbytes * 8 / seconds / 1000,
         rtp_udp_ipv4_kbps=sent * RTP_UDP_IPV4_BYTES * 8 / seconds / 1000,
-        wall_s=time.monotonic() - start, realtime=not fast)
+        wall_s=time.monotonic() - start, realtime=not fast, authenticated=key is not None,
+        auth_kbps=sent * TAG_SIZE * 8 / seconds / 1000 if key is not None else 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,13 +398,63 @@ class RelayResult:
     packets_corrupted: int = 0  # forwarded with flipped bits
     end_forwarded: int = 0
     stopped_by: str = ""  # "end", "timeout" or "interrupt"
+    garbage_sent: dict = field(default_factory=dict)  # junk datagrams injected, by kind
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
+GARBAGE_KINDS = ("random", "oversized", "malformed", "replay", "far_future")
+_REPLAY_DEPTH = 500
+
+
+def garbage_datagram(rng: np.random.Generator, recent: list[bytes],
+                     kind: str | None = None) -> tuple[str, bytes]:
+    """One hostile datagram, of a random kind or of ``kind``, built from the real packets in
+    ``recent`` (oldest first) where it needs one:
+
+    * ``random``: 1-64 random bytes (a receiver sees a checksum error, or a truncated packet);
+    * ``oversized``: 9-20 kB of random bytes, more than any packet of a 12-codebook model;
+    * ``malformed``: the last packet with a header field made invalid and the CRC fixed;
+    * ``replay``: a copy of a packet sent 50-500 packets ago, intact (a duplicate or late);
+    * ``far_future``: the last packet moved 2**30 samples and 20000 sequence numbers ahead,
+      CRC fixed (out of window; with authentication, its tag no longer matches).
+    """
+    if kind is None:
+        kind = GARBAGE_KINDS[int(rng.integers(len(GARBAGE_KINDS)))]
+    if kind not in GARBAGE_KINDS:
+        raise ValueError(f"garbage kind must be one of {', '.join(GARBAGE_KINDS)}, got {kind!r}")
+    if kind in ("malformed", "replay", "far_future") and not recent:
+        kind = "random"
+    if kind == "random":
+        return kind, rng.bytes(int(rng.integers(1, 65)))
+    if kind == "oversized":
+        return kind, rng.bytes(int(rng.integers(9000, 20001)))
+    if kind == "replay":
+        back = int(rng.integers(50, _REPLAY_DEPTH + 1))
+        return kind, recent[max(0, len(recent) - back)]
+    body = bytearray(recent[-1][:-CRC_SIZE])
+    if kind == "malformed":
+        field_ = int(rng.integers(4))
+        if field_ == 0:
+            body[0] = (body[0] & 0xF0) | 0x8  # an unknown flag
+        elif field_ == 1:
+            body[1] = 0  # codebook_bits 0
+        elif field_ == 2:
+            body[8] = 0  # no codebooks
+        else:
+            body[10] = 255  # more FEC codebooks than codebooks
+    else:
+        seq = (int.from_bytes(body[2:4], "big") + 20000) & 0xFFFF
+        ts = (int.from_bytes(body[4:8], "big") + (1 << 30)) & 0xFFFF_FFFF
+        body[2:4] = seq.to_bytes(2, "big")
+        body[4:8] = ts.to_bytes(4, "big")
+    return kind, bytes(body) + crc16(body).to_bytes(2, "big")
+
+
 def relay_udp(listen: tuple[str, int], to: tuple[str, int], channel: Channel | None = None, *,
               timeout: float = 5.0, wait: float | None = None, stop_after_end: bool = True,
+              garbage: float = 0.0, seed: int = 0,
               on_ready: Callable[[tuple[str, int]], None] | None = None) -> RelayResult:
     """Forward datagrams from ``listen`` to ``to`` through ``channel``, in real time.
 
@@ -310,9 +462,16 @@ def relay_udp(listen: tuple[str, int], to: tuple[str, int], channel: Channel | N
         timeout: stop this many seconds after the last packet (once one has come).
         wait: stop if no packet comes this many seconds after start (None: wait forever).
         stop_after_end: stop once the END packets are forwarded (the call is over).
+        garbage: for each media packet received, the probability of also sending one junk
+            datagram (:func:`garbage_datagram`) to ``to``, at once, from the relay's address.
+        seed: seed of the garbage.
         on_ready: called with the bound address once the socket listens.
     """
     channel = channel or Perfect()
+    if not 0.0 <= garbage <= 1.0:
+        raise ValueError(f"garbage must be a probability in [0, 1], got {garbage}")
+    rng = np.random.default_rng(seed)
+    recent: list[bytes] = []
     sock = _udp_socket(listen)
     bound = sock.getsockname()[:2]
     result = RelayResult(f"{bound[0]}:{bound[1]}", f"{to[0]}:{to[1]}", repr(channel))
@@ -344,12 +503,19 @@ def relay_udp(listen: tuple[str, int], to: tuple[str, int], channel: Channel | N
                 break
             wake = min(limit, queue[0][0] if queue else math.inf)
             _wait_readable(sock, min(wake - now, 0.5))
-            for data, arrival in _recv_pending(sock):
+            for data, arrival, _addr in _recv_pending(sock):
                 last = arrival
                 if is_end_packet(data):
                     ends.append(data)
                     continue
                 result.packets_in += 1
+                if garbage and rng.random() < garbage:
+                    kind, junk = garbage_datagram(rng, recent)
+                    result.garbage_sent[kind] = result.garbage_sent.get(kind, 0) + 1
+                    out.sendto(junk, to)
+                recent.append(data)
+                if len(recent) > 2 * _REPLAY_DEPTH:
+                    del recent[:_REPLAY_DEPTH]
                 deliveries = channel.process(arrival, data)
                 if not deliveries:
                     result.packets_dropped += 1
@@ -394,6 +560,9 @@ class ReceiveResult:
     rates: dict = field(default_factory=dict)  # packet.nominal_rates of the stream received
     quality: object = None  # metrics.Quality against a reference, if given
     quality_vs_clean: object = None
+    authenticated: bool = False  # a key was set: only authenticated packets were accepted
+    peer: str = ""  # the address packets were accepted from ("" if none came)
+    max_buffered_frames: int = 0  # the most frames the jitter buffer held at once
 
     @property
     def latency_ms(self) -> float:
@@ -410,17 +579,25 @@ def receive_udp(codec, listen: tuple[str, int], output: str | os.PathLike, *,
                 playout_delay: float = 0.04, concealment: str = "interpolate",
                 use_fec: bool = True,
                 timeout: float = 5.0, wait: float | None = None,
+                key: bytes | None = None, peer: tuple[str, int] | None = None,
+                max_buffer: int | None = None,
                 on_ready: Callable[[tuple[str, int]], None] | None = None) -> ReceiveResult:
     """Receive one stream on ``listen`` and write it to the WAV file ``output`` as it plays.
 
     Stops at the END packet (then the file has exactly the sender's input length, at the
-    sender's input rate), ``timeout`` seconds after the last packet, ``wait`` seconds after
-    start if nothing came, or on KeyboardInterrupt (the file keeps what was received).
+    sender's input rate), ``timeout`` seconds after the last packet of the stream, ``wait``
+    seconds after start if no packet of a stream came, or on KeyboardInterrupt (the file keeps
+    what was received). ``key``, ``peer`` and ``max_buffer`` are the
+    :class:`~speechcodec.receiver.Receiver`'s: accept only authenticated packets, only from
+    that address (else from the source of the first valid packet), and buffer at most that
+    many frames.
     """
-    from .receiver import Receiver, StreamingDecoder
+    from .receiver import MAX_BUFFER_FRAMES, Receiver, StreamingDecoder
 
     cfg = codec.cfg
-    rx = Receiver(codec, playout_delay, concealment, use_fec)
+    rx = Receiver(codec, playout_delay, concealment, use_fec, key=key, peer=peer,
+                  max_buffer=MAX_BUFFER_FRAMES if max_buffer is None else max_buffer)
+    bufsize = rx.max_packet_size + 1  # one more byte: a longer datagram shows as oversized
     dec = StreamingDecoder(codec)
     # Warm the model up first: the first call of a fresh process is slow.
     warm = rx.concealer.silence()
@@ -437,13 +614,22 @@ def receive_udp(codec, listen: tuple[str, int], output: str | os.PathLike, *,
     start = time.monotonic()
     last = None
     stopped = "end"
+    most = 0
+
+    def take(batch):
+        nonlocal last
+        for data, arrival, addr in batch:
+            # Only the stream's own packets keep the receiver waiting for more.
+            if rx.receive(data, arrival, addr) in ("ok", "late", "end"):
+                last = arrival
+
     try:
         while not rx.done:
-            # Take in everything that has arrived before playing what is due, so a receiver
-            # that fell behind (a slow decode) does not call packets in its queue late.
-            for data, arrival in _recv_pending(sock):
-                rx.receive(data, arrival)
-                last = arrival
+            # Take in what has arrived before playing what is due, so a receiver that fell
+            # behind (a slow decode) does not call packets in its queue late; but at most
+            # READ_BATCH datagrams, so a flood cannot hold up the playout.
+            take(_recv_pending(sock, bufsize, READ_BATCH))
+            most = max(most, rx.buffered_frames)
             if rx.end is not None:
                 break  # the sender is done and the relay has flushed: play the rest at once
             now = time.monotonic()
@@ -461,16 +647,16 @@ def receive_udp(codec, listen: tuple[str, int], output: str | os.PathLike, *,
     finally:
         try:
             if rx.end is None:  # keep what already arrived, even when interrupted
-                for data, arrival in _recv_pending(sock):
-                    rx.receive(data, arrival)
+                take(_recv_pending(sock, bufsize, 4 * READ_BATCH))
         finally:
             sock.close()
         try:
             writer.write(dec.push(rx.finish()))
             if rx.end is not None:
-                pad, _ = dec.finish(rx.end.num_samples)
+                target = max(0, rx.end.num_samples - rx.start_frame * cfg.frame_size)
+                pad, _ = dec.finish(target)
                 writer.write(pad)
-                writer.truncate(rx.end.num_samples)
+                writer.truncate(target)
         finally:
             writer.close()
     rate = cfg.sample_rate
@@ -480,6 +666,8 @@ def receive_udp(codec, listen: tuple[str, int], output: str | os.PathLike, *,
 
         x = load_audio(output).samples
         rate, num_samples = rx.end.original_sample_rate, rx.end.original_num_samples
+        if rx.start_frame:  # joined late: the part it heard, at the original rate
+            num_samples = round(len(x) * rate / cfg.sample_rate)
         write_wav(output, resample_to_length(x, cfg.sample_rate, rate, num_samples), rate)
     sent = lost = None
     st = rx.stats
@@ -496,4 +684,8 @@ def receive_udp(codec, listen: tuple[str, int], output: str | os.PathLike, *,
         wall_s=time.monotonic() - start, num_codebooks=rx.num_codebooks,
         fec_codebooks=rx.fec_codebooks, frames_per_packet=rx.frames_per_packet,
         rates=nominal_rates(rx.num_codebooks, rx.fec_codebooks, rx.frames_per_packet,
-                            cfg.bits_per_code, cfg.frame_rate) if rx.num_codebooks else {})
+                            cfg.bits_per_code, cfg.frame_rate, key is not None)
+        if rx.num_codebooks else {},
+        authenticated=key is not None,
+        peer=f"{rx.peer[0]}:{rx.peer[1]}" if rx.peer is not None and rx.anchor else "",
+        max_buffered_frames=most)

@@ -6,12 +6,14 @@ import os
 import struct
 import subprocess
 import sys
+import time
+import tracemalloc
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from speechcodec.bitstream import (
@@ -621,6 +623,151 @@ def test_fuzz_header_fields_with_recomputed_crc(fields: bytes) -> None:
         peek_header(raw)
     except StreamError:
         pass
+
+
+# --------------------------------------------------------------------------------------------
+# Fuzzing past both checksums, in bounded time and memory
+# --------------------------------------------------------------------------------------------
+
+PARSE_SECONDS = 2.0  # generous: a parse of these inputs takes well under a millisecond
+
+
+def parse_within_bounds(data: bytes) -> Stream | None:
+    """Parse under tracemalloc: the result or a one-line StreamError, in bounded time, and with
+    memory proportional to the input, never to what its header claims."""
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        stream: Stream | None = parse_stream(data)
+        error = None
+    except StreamError as exc:
+        stream, error = None, exc
+    finally:
+        elapsed = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert elapsed < PARSE_SECONDS
+    # Unpacking 1-bit codes into int64 is the worst honest case: 64 bytes per payload byte.
+    assert peak <= 100 * len(data) + (1 << 20), (peak, len(data))
+    if error is not None:
+        text = str(error)
+        assert text and "\n" not in text and len(text) < 300
+        return None
+    assert serialize_stream(stream.header, stream.codes) == data
+    return stream
+
+
+def with_crcs(fixed: bytes, model_id: bytes, payload: bytes) -> bytes:
+    """A stream from raw fixed-header fields (after magic, version and flags), a model id and a
+    payload, with both CRCs made correct so the checks behind them run."""
+    body = MAGIC + bytes([FORMAT_VERSION, 0]) + fixed + model_id
+    return (body + struct.pack("<I", zlib.crc32(body)) + payload
+            + struct.pack("<I", zlib.crc32(payload)))
+
+
+@SETTINGS
+@given(
+    k=st.integers(1, 12) | st.integers(0, 255),
+    bits=st.integers(1, 16) | st.integers(0, 20),
+    frames=st.integers(0, 64) | st.integers(0, 64) | st.integers(0, 2**32 - 1),
+    num_samples=st.integers(0, 2**64 - 1),
+    model_id=st.one_of(
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=40)
+        .map(str.encode),
+        st.binary(max_size=40),
+    ),
+    payload=st.binary(max_size=600),
+    payload_len=st.one_of(st.none(), st.none(), st.integers(0, 2**32 - 1)),
+    model_id_len=st.one_of(st.none(), st.none(), st.integers(0, 255)),
+    rates=st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**16 - 1),
+                    st.integers(0, 2**32 - 1)).map(lambda r: tuple(v or 1 for v in r))
+    | st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)),
+    fit=st.booleans(),
+)
+def test_fuzz_fields_and_payload_with_valid_checksums(
+    k, bits, frames, num_samples, model_id, payload, payload_len, model_id_len, rates, fit
+) -> None:
+    sample_rate, frame_size, original_rate = rates
+    if fit and 1 <= bits <= 16 and frames <= 64:
+        # The payload the fields call for (its padding bits cleared half the time).
+        size = packed_size(k, frames, bits)
+        payload = (payload * (size // max(1, len(payload)) + 1))[:size] if payload else bytes(size)
+        pad = size * 8 - k * frames * bits
+        if pad and num_samples % 2:
+            payload = payload[:-1] + bytes([payload[-1] & ~((1 << pad) - 1) & 0xFF])
+    n = len(model_id) if model_id_len is None else model_id_len
+    fixed = struct.pack(
+        "<HIHBBIQI8sIB", 49 + n, sample_rate, frame_size, k, bits, frames, num_samples,
+        original_rate, b"\x12" * 8, len(payload) if payload_len is None else payload_len, n)
+    stream = parse_within_bounds(with_crcs(fixed, model_id, payload))
+    event("parsed" if stream is not None else "refused")
+    if stream is not None:
+        h = stream.header
+        assert stream.codes.shape == (h.num_codebooks, h.num_frames)
+        assert int(stream.codes.max(initial=0)) < 1 << h.codebook_bits
+
+
+@SETTINGS
+@given(
+    k=st.integers(1, 255),
+    bits=st.integers(1, 16),
+    frames=st.integers(0, 40),
+    seed=st.integers(0, 2**32 - 1),
+    pad_noise=st.integers(1, 255),
+)
+def test_fuzz_valid_payloads_and_nonzero_padding(k, bits, frames, seed, pad_noise) -> None:
+    # Every codebook count the format allows (the round-trip test stops at 16), and the
+    # padding rule with correct checksums: nonzero padding bits are refused.
+    header = make_header(num_codebooks=k, codebook_bits=bits, num_frames=frames)
+    codes = random_codes(k, frames, bits, seed)
+    data = serialize_stream(header, codes)
+    stream = parse_within_bounds(data)
+    assert stream is not None and stream.header == header
+    np.testing.assert_array_equal(stream.codes, codes)
+    pad = header.payload_bytes * 8 - header.payload_bits
+    if pad:
+        payload = bytearray(data[header.header_bytes:-4])
+        payload[-1] |= pad_noise & ((1 << pad) - 1) or 1
+        damaged = data[: header.header_bytes] + bytes(payload)
+        damaged += struct.pack("<I", zlib.crc32(bytes(payload)))
+        with pytest.raises(StreamError, match="padding"):
+            parse_stream(damaged)
+
+
+@SETTINGS
+@given(
+    claim=st.tuples(st.integers(1, 255), st.integers(1, 16), st.integers(2**20, 2**32 - 1)),
+    tail=st.binary(max_size=64),
+)
+def test_fuzz_huge_claims_fail_fast_without_allocating(claim, tail) -> None:
+    # A header (with a correct CRC) claiming up to 2**32 frames of 255 codebooks: the parser
+    # must compare with the bytes present before it allocates anything for them.
+    k, bits, frames = claim
+    total_bits = k * bits * frames
+    payload_len = (total_bits + 7) // 8
+    if payload_len > 2**32 - 1:
+        payload_len = 2**32 - 1
+    fixed = struct.pack("<HIHBBIQI8sIB", 50, 16000, 320, k, bits, frames, 0, 16000,
+                        b"\0" * 8, payload_len, 1)
+    assert parse_within_bounds(with_crcs(fixed, b"m", tail)) is None
+
+
+@SETTINGS
+@given(st.binary(max_size=400))
+def test_fuzz_peek_header_agrees_with_parse(data: bytes) -> None:
+    # Anything parse accepts, peek accepts with the same header; anything peek refuses, parse
+    # refuses too. Seeded with a valid header so both outcomes occur.
+    _, _, valid = small_stream()
+    for candidate in (data, valid[: len(data)], valid[:50] + data):
+        try:
+            peeked = peek_header(candidate)
+        except StreamError:
+            with pytest.raises(StreamError):
+                parse_stream(candidate)
+            continue
+        stream = parse_within_bounds(candidate)
+        if stream is not None:
+            assert stream.header == peeked
 
 
 # --------------------------------------------------------------------------------------------

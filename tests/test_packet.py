@@ -6,23 +6,31 @@ import itertools
 import struct
 import subprocess
 import sys
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from speechcodec.bitstream import packed_size
 from speechcodec.packet import (
     CRC_SIZE,
+    FLAG_AUTH,
     HEADER_SIZE,
     OVERHEAD_BYTES,
+    TAG_SIZE,
+    AuthenticationError,
+    ChecksumError,
     EndOfStream,
     Packet,
     PacketError,
     Packetizer,
+    auth_tag,
     crc16,
     is_end_packet,
+    max_packet_size,
     nominal_rates,
     packetize,
     parse_packet,
@@ -182,6 +190,189 @@ def test_invalid_packets_cannot_be_built():
         serialize_packet(Packet(0, 0, np.array([[1024]]), codebook_bits=10))
 
 
+# -- authentication ---------------------------------------------------------------------------
+
+KEY = bytes(range(16, 48))
+keys = st.binary(min_size=16, max_size=64)
+
+
+def test_authenticated_layout():
+    p = _media()
+    plain, tagged = serialize_packet(p), serialize_packet(p, KEY)
+    assert len(tagged) == len(plain) + TAG_SIZE
+    assert tagged[0] == plain[0] | FLAG_AUTH and tagged[1:HEADER_SIZE] == plain[1:HEADER_SIZE]
+    body = tagged[: -CRC_SIZE - TAG_SIZE]
+    assert tagged[-CRC_SIZE - TAG_SIZE: -CRC_SIZE] == auth_tag(KEY, body)
+    assert struct.unpack(">H", tagged[-2:])[0] == crc16(tagged[:-2])  # the CRC covers the tag
+    with pytest.raises(ValueError, match="16 bytes"):
+        serialize_packet(p, b"short key")
+
+
+@st.composite
+def end_packets(draw):
+    return Packet(draw(st.integers(0, 0xFFFF)), draw(st.integers(0, 2**32 - 1)),
+                  codebook_bits=draw(st.integers(1, 16)),
+                  end=EndOfStream(draw(st.integers(0, 2**32 - 1)), draw(st.integers(1, 2**32 - 1)),
+                                  draw(st.integers(0, 2**32 - 1))))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.one_of(packets(), end_packets()), keys, keys)
+def test_authenticated_roundtrip(p, key, other):
+    """parse(serialize(p, key), key) == p, for media and END packets; the wrong key, no key,
+    or a key for an untagged packet are authentication errors."""
+    data = serialize_packet(p, key)
+    assert len(data) == p.size + TAG_SIZE
+    q = parse_packet(data, key)
+    assert _same(p, q) and serialize_packet(q, key) == data
+    assert is_end_packet(data) == p.is_end
+    with pytest.raises(AuthenticationError):
+        parse_packet(data)
+    with pytest.raises(AuthenticationError):
+        parse_packet(serialize_packet(p), key)
+    if other != key:
+        with pytest.raises(AuthenticationError):
+            parse_packet(data, other)
+
+
+@settings(max_examples=60, deadline=None)
+@given(end_packets())
+def test_end_roundtrip(p):
+    data = serialize_packet(p)
+    assert _same(p, parse_packet(data)) and is_end_packet(data)
+
+
+# -- hostile bytes: every input parses or raises PacketError, quickly -------------------------
+
+_BOUND_S = 0.05  # seconds for one parse, far above the real cost (well under 2 ms)
+
+
+def _parse_or_error(data: bytes, key: bytes | None):
+    """Parse within bounded time; a packet that parses must be the canonical encoding of what
+    it parsed to (no two byte strings mean the same packet)."""
+    t0 = time.perf_counter()
+    try:
+        p = parse_packet(data, key)
+    except PacketError as e:
+        assert str(e) and "\n" not in str(e)
+        p = e
+    assert time.perf_counter() - t0 < _BOUND_S
+    if isinstance(p, Packet):
+        assert serialize_packet(p, key) == data
+    return p
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=600), st.sampled_from([None, KEY]))
+def test_any_bytes_parse_or_raise(data, key):
+    _parse_or_error(data, key)
+
+
+@st.composite
+def checksummed(draw):
+    """Bytes with a version-1 header and a correct CRC (and mostly the tag a receiver with that
+    key expects), but otherwise arbitrary fields and payload, biased towards values that get
+    far into the parser: what is left once the checksum cannot catch anything."""
+    key = draw(st.sampled_from([None, KEY]))
+    tagged = (key is not None) == draw(st.sampled_from([True] * 9 + [False]))  # mostly right
+    flags = draw(st.sampled_from([0, 0, 0, 1, 1, -1]))
+    if flags < 0:
+        flags = draw(st.integers(0, 15)) & ~FLAG_AUTH
+    bits = draw(st.sampled_from([10, 6, 1, 16, -1]))
+    if bits < 0:
+        bits = draw(st.integers(0, 255))
+    if flags & 1:
+        k = f = c = draw(st.sampled_from([0, 0, 0, 1]))
+        n = 12
+    else:
+        k, f = draw(st.integers(0, 13)), draw(st.integers(0, 5))
+        c = draw(st.one_of(st.integers(0, k), st.integers(0, 255)))
+        n = packed_size(k + c, f, bits if 1 <= bits <= 16 else 1)
+    n += draw(st.sampled_from([0, 0, 0, 0, -1, 1]))
+    payload = bytearray(draw(st.binary(min_size=max(0, n), max_size=max(0, n))))
+    if payload and draw(st.booleans()) and not flags & 1 and 1 <= bits <= 16:
+        pad = 8 * len(payload) - (k + c) * f * bits
+        if 0 < pad < 8:
+            payload[-1] &= 0xFF << pad & 0xFF  # zero padding bits, as a writer leaves them
+    header = struct.pack(">BBHIBBB", 0x10 | flags | (FLAG_AUTH if tagged else 0), bits,
+                         draw(st.integers(0, 0xFFFF)), draw(st.integers(0, 2**32 - 1)), k, f, c)
+    body = header + bytes(payload)
+    if tagged:
+        body += auth_tag(key or KEY, body)
+    return body + struct.pack(">H", crc16(body)), key
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(checksummed())
+def test_checksummed_bytes_parse_or_raise(case):
+    data, key = case
+    result = _parse_or_error(data, key)
+    assert not isinstance(result, ChecksumError)
+
+
+@st.composite
+def mutations(draw):
+    """A valid packet (tagged or not) and a mutation of it: bytes flipped, cut, added or
+    overwritten, with the CRC then recomputed or not."""
+    p = draw(st.one_of(packets(), end_packets()))
+    key = draw(st.sampled_from([None, KEY]))
+    data = bytearray(serialize_packet(p, key))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["flip", "cut", "add", "set"]))
+        if op == "flip" and data:
+            i = draw(st.integers(0, len(data) - 1))
+            data[i] ^= 1 << draw(st.integers(0, 7))
+        elif op == "cut" and data:
+            i = draw(st.integers(0, len(data) - 1))
+            del data[i: i + draw(st.integers(1, 4))]
+        elif op == "add":
+            i = draw(st.integers(0, len(data)))
+            data[i:i] = draw(st.binary(min_size=1, max_size=4))
+        elif op == "set" and data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    if draw(st.booleans()) and len(data) > CRC_SIZE:
+        data[-CRC_SIZE:] = struct.pack(">H", crc16(data[:-CRC_SIZE]))
+    return p, key, bytes(data)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutations())
+def test_mutated_packets(case):
+    """A mutated packet is refused, or it is a valid packet in its own right (its bytes are its
+    canonical encoding); with a key, any change at all is refused."""
+    p, key, data = case
+    assume(data != serialize_packet(p, key))
+    result = _parse_or_error(data, key)
+    if key is not None:
+        assert isinstance(result, PacketError)
+
+
+def test_parse_memory_is_bounded():
+    """The largest packets a datagram can hold parse in bounded memory (about 140 bytes per
+    input byte at 1 bit per code, where every bit becomes an int64 code)."""
+    rng = np.random.default_rng(0)
+    for bits, k, c, f in ((1, 255, 255, 255), (16, 100, 27, 255), (10, 12, 12, 255)):
+        p = Packet(1, 0, rng.integers(0, 1 << bits, (k, f)), rng.integers(0, 1 << bits, (c, f)),
+                   codebook_bits=bits)
+        data = serialize_packet(p, KEY)
+        assert len(data) < 65507  # fits in one UDP datagram
+        tracemalloc.start()
+        try:
+            t0 = time.perf_counter()
+            parse_packet(data, KEY)
+            elapsed = time.perf_counter() - t0
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 200 * len(data) + (1 << 16) and elapsed < 0.5
+
+
+def test_max_packet_size():
+    assert max_packet_size(12, 10) == OVERHEAD_BYTES + packed_size(24, 255, 10)
+    assert max_packet_size(12, 10, authenticated=True) == max_packet_size(12, 10) + TAG_SIZE
+    assert max_packet_size(1, 1, frames_per_packet=1) == OVERHEAD_BYTES + 12  # room for END
+
+
 # -- sequence numbers -------------------------------------------------------------------------
 
 
@@ -241,10 +432,28 @@ def test_nominal_rates():
     r = nominal_rates(6, 3, 1, 10, 50.0)
     assert r["payload_kbps"] == pytest.approx(3.0) and r["fec_kbps"] == pytest.approx(1.5)
     assert r["packet_kbps"] == pytest.approx((13 + 12) * 8 * 50 / 1000)
-    assert r["rtp_udp_ipv4_kbps"] == pytest.approx(16.0)
+    assert r["rtp_udp_ipv4_kbps"] == pytest.approx(16.0) and r["auth_kbps"] == 0
+    a = nominal_rates(6, 3, 1, 10, 50.0, authenticated=True)
+    assert a["auth_kbps"] == pytest.approx(4.0)
+    assert a["packet_kbps"] == pytest.approx(r["packet_kbps"] + 4.0)
+    assert nominal_rates(6, 0, 2, 10, 50.0, True)["auth_kbps"] == pytest.approx(2.0)
 
 
 def test_modules_do_not_import_torch():
     code = ("import sys, speechcodec.packet, speechcodec.channel; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("target,runs", [("packet", 3000), ("receiver", 300)])
+def test_fuzz_harness_runs(target, runs):
+    """scripts/fuzz_packet (coverage-guided, atheris) runs and reports executions and
+    findings; the long runs are in the README."""
+    pytest.importorskip("atheris")
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_packet.py"
+    r = subprocess.run([sys.executable, str(script), "--target", target, "--runs", str(runs)],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert f"executions   {runs} in" in r.stdout and "findings     0" in r.stdout

@@ -227,8 +227,10 @@ def test_receiver_rejects_other_models_packets(tiny_codec):
     other_bits = tiny_codec.cfg.bits_per_code + 1
     assert rx.receive(serialize_packet(Packet(0, 0, np.zeros((2, 1), int),
                                               codebook_bits=other_bits)), 0.0) == "rejected"
-    assert rx.receive(b"\x10garbage", 0.0) == "corrupted"
-    assert rx.stats.packets_rejected == 1 and rx.stats.packets_corrupted == 1
+    assert rx.receive(b"\x10garbage", 0.0) == "malformed"  # too short to be a packet
+    assert rx.receive(b"\x10garbage and more of it", 0.0) == "corrupted"  # CRC mismatch
+    s = rx.stats
+    assert s.packets_rejected == s.packets_malformed == s.packets_corrupted == 1
     assert rx.anchor is None
 
 
@@ -263,8 +265,8 @@ def test_stray_packets_far_ahead_are_rejected(tiny_codec):
     assert rx.receive(serialize_packet(p), 0.0) == "ok"
     far = Packet(1, (2**21 * 320) % 2**32, np.zeros((2, 1), int),
                  codebook_bits=tiny_codec.cfg.bits_per_code)
-    assert rx.receive(serialize_packet(far), 0.01) == "rejected"
-    assert rx.last_frame == 0
+    assert rx.receive(serialize_packet(far), 0.01) == "out_of_window"
+    assert rx.last_frame == 0 and rx.stats.packets_out_of_window == 1
 
 
 def test_format_comparison(tiny_codec, clip):
