@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import torchaudio
 
 from .audio import AudioError, load_audio
 from .config import CodecConfig, TrainConfig
@@ -95,33 +94,104 @@ class CropSampler:
         return torch.from_numpy(out)
 
     def _colour(self, seg: np.ndarray) -> np.ndarray:
-        """Random telephone band-limiting and peaking EQ (the target is the coloured input)."""
-        import torchaudio.functional as AF
+        """Random telephone band-limiting and peaking EQ (the target is the coloured input).
+
+        RBJ-cookbook biquads (as torchaudio's ``lowpass_biquad`` and ``equalizer_biquad``, which
+        this replaces): a Q = 0.707 low-pass, three times over, and a Q = 1 peaking EQ, each
+        output clamped to [-1, 1] as torchaudio's filter did.
+        """
+        from scipy.signal import lfilter
+
+        def biquad(x: np.ndarray, b: tuple, a: tuple) -> np.ndarray:
+            return np.clip(lfilter(b, a, x), -1.0, 1.0)
 
         x = None
         if self.rng.random() < self.bandlimit_prob:
-            x = torch.from_numpy(np.ascontiguousarray(seg, dtype=np.float32))
+            x = np.asarray(seg, dtype=np.float64)
             cutoff = float(self.rng.uniform(3400.0, 4000.0))
+            b, a = lowpass_coefficients(self.sample_rate, cutoff, q=0.707)
             for _ in range(3):  # 6th-order roll-off, like a resampler's anti-alias filter
-                x = AF.lowpass_biquad(x, self.sample_rate, cutoff)
+                x = biquad(x, b, a)
         if self.rng.random() < self.eq_prob:
-            x = torch.from_numpy(np.ascontiguousarray(seg, dtype=np.float32)) if x is None else x
+            x = np.asarray(seg, dtype=np.float64) if x is None else x
             centre = float(np.exp(self.rng.uniform(np.log(150.0), np.log(6000.0))))
             gain = float(self.rng.uniform(-self.eq_db, self.eq_db))
-            x = AF.equalizer_biquad(x, self.sample_rate, centre, gain, Q=1.0)
-        return seg if x is None else x.numpy()
+            b, a = peaking_eq_coefficients(self.sample_rate, centre, gain, q=1.0)
+            x = biquad(x, b, a)
+        return seg if x is None else x.astype(np.float32)
+
+
+def lowpass_coefficients(sample_rate: float, cutoff: float, q: float = 0.707) -> tuple:
+    """RBJ audio-EQ-cookbook low-pass biquad: ``(b, a)`` with ``a[0] = 1``."""
+    w0 = 2 * math.pi * cutoff / sample_rate
+    alpha = math.sin(w0) / (2 * q)
+    cos = math.cos(w0)
+    b = ((1 - cos) / 2, 1 - cos, (1 - cos) / 2)
+    a = (1 + alpha, -2 * cos, 1 - alpha)
+    return tuple(v / a[0] for v in b), tuple(v / a[0] for v in a)
+
+
+def peaking_eq_coefficients(sample_rate: float, centre: float, gain_db: float,
+                            q: float = 1.0) -> tuple:
+    """RBJ audio-EQ-cookbook peaking EQ biquad (``gain_db`` at ``centre``): ``(b, a)``."""
+    w0 = 2 * math.pi * centre / sample_rate
+    amp = 10 ** (gain_db / 40)
+    alpha = math.sin(w0) / (2 * q)
+    cos = math.cos(w0)
+    b = (1 + alpha * amp, -2 * cos, 1 - alpha * amp)
+    a = (1 + alpha / amp, -2 * cos, 1 - alpha / amp)
+    return tuple(v / a[0] for v in b), tuple(v / a[0] for v in a)
 
 
 # -- losses ----------------------------------------------------------------------------------
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0,
+                   f_max: float | None = None) -> np.ndarray:
+    """Triangular mel filters on the HTK scale, unnormalised: ``[n_fft // 2 + 1, n_mels]``.
+
+    ``mel(f) = 2595 log10(1 + f / 700)``; the band edges are ``n_mels + 2`` points evenly
+    spaced in mel from ``f_min`` to ``f_max`` (default ``sample_rate / 2``), and filter ``m``
+    rises linearly from 0 at edge ``m`` to 1 at edge ``m + 1`` and falls to 0 at edge ``m + 2``
+    (torchaudio's ``melscale_fbanks`` with ``norm=None, mel_scale="htk"``).
+    """
+    f_max = sample_rate / 2 if f_max is None else f_max
+    freqs = np.linspace(0, sample_rate // 2, n_fft // 2 + 1)
+    mel_edges = np.linspace(2595 * np.log10(1 + f_min / 700), 2595 * np.log10(1 + f_max / 700),
+                            n_mels + 2)
+    edges = 700 * (10 ** (mel_edges / 2595) - 1)
+    width = np.diff(edges)
+    rise = (freqs[:, None] - edges[None, :-2]) / width[None, :-1]
+    fall = (edges[None, 2:] - freqs[:, None]) / width[None, 1:]
+    return np.maximum(0.0, np.minimum(rise, fall))
+
+
+class MelSpectrogram(torch.nn.Module):
+    """Magnitude (power 1) mel spectrogram: centred STFT with reflect padding and a periodic
+    Hann window, then the HTK mel filterbank; ``[..., T] -> [..., n_mels, frames]``."""
+
+    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int) -> None:
+        super().__init__()
+        self.n_fft, self.hop_length = n_fft, hop_length
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        fb = torch.from_numpy(mel_filterbank(sample_rate, n_fft, n_mels)).float()
+        self.register_buffer("fb", fb, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        spec = torch.stft(x.reshape(-1, shape[-1]), self.n_fft, self.hop_length,
+                          window=self.window, center=True, pad_mode="reflect",
+                          return_complex=True).abs()
+        mel = torch.matmul(spec.transpose(-1, -2), self.fb).transpose(-1, -2)
+        return mel.reshape(*shape[:-1], *mel.shape[-2:])
+
+
 class MelLoss(torch.nn.Module):
     """L1 between log and linear mel spectrograms at several resolutions."""
 
     def __init__(self, sample_rate: int, windows: tuple[int, ...]) -> None:
         super().__init__()
         self.mels = torch.nn.ModuleList(
-            torchaudio.transforms.MelSpectrogram(
-                sample_rate=sample_rate, n_fft=w, win_length=w, hop_length=w // 4,
-                n_mels=max(16, min(128, w // 16)), power=1.0, center=True)
+            MelSpectrogram(sample_rate, n_fft=w, hop_length=w // 4,
+                           n_mels=max(16, min(128, w // 16)))
             for w in windows)
 
     def forward(self, ref: torch.Tensor, est: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torchaudio.functional as AF
 
+from speechcodec.audio import resample
 from speechcodec.pipeline import roundtrip_samples
 from speechcodec.pretrained import load_codec
 
@@ -33,13 +32,12 @@ def active_level_db(x: np.ndarray, frame: int = 320) -> float:
 
 def _high_voice(x: np.ndarray) -> np.ndarray:
     """Read 1.3x faster: pitch and formants 30% higher, like a child's voice."""
-    return AF.resample(torch.from_numpy(x), 13, 10).numpy()
+    return resample(x, 13000, 10000)
 
 
 def _telephone(x: np.ndarray) -> np.ndarray:
     """Down to 8 kHz and back up: nothing above 4 kHz."""
-    t = torch.from_numpy(x)
-    return AF.resample(AF.resample(t, 16000, 8000), 8000, 16000).numpy()[: len(x)]
+    return resample(resample(x, 16000, 8000), 8000, 16000)[: len(x)]
 
 
 CASES = {
