@@ -113,7 +113,8 @@ def _check_rate(rate: int, what: str) -> int:
 
 
 READ_BLOCK_FRAMES = 1 << 16
-"""Frames read from a file per block (1.4 s at 48 kHz; 2 MB for 8 float32 channels)."""
+"""Frames read from a file per block (1.4 s at 48 kHz; 2 MB for 8 float32 channels, and fewer
+frames for more channels)."""
 
 
 class AudioReader:
@@ -164,6 +165,8 @@ class AudioReader:
                             f"({MIN_RATE}..{MAX_RATE} Hz)")
         self.original_sample_rate = rate
         self.original_channels = channels
+        if block_frames is None:  # keep a block near 2 MB however many channels there are
+            self.block_frames = max(1, min(self.block_frames, READ_BLOCK_FRAMES * 8 // channels))
         #: Frames the header announces (for progress bars; the count read is authoritative).
         self.announced_frames = max(0, int(self._file.frames))
         self.original_num_samples = 0

@@ -362,10 +362,10 @@ def cmd_receive(args) -> int:
 
 def format_ignored(s) -> str:
     """The datagrams a receiver dropped besides late ones, by kind (a ReceiverStats)."""
-    return (f"oversized {s.packets_oversized}, wrong peer {s.packets_wrong_peer}, malformed "
-            f"{s.packets_malformed}, failed authentication {s.packets_auth_failed}, "
-            f"replayed/duplicate {s.packets_duplicated}, out of window "
-            f"{s.packets_out_of_window}, other model {s.packets_rejected}")
+    return (f"wrong peer {s.packets_wrong_peer}, oversized {s.packets_oversized}, failed "
+            f"authentication {s.packets_auth_failed}, malformed {s.packets_malformed}, other "
+            f"model {s.packets_rejected}, out of window {s.packets_out_of_window}, "
+            f"replayed/duplicate {s.packets_duplicated}")
 
 
 def _score(codec, ref, r) -> None:

@@ -81,6 +81,7 @@ __all__ = [
 CONCEALMENTS = ("none", "repeat", "interpolate")
 
 _SEQ_WINDOW = 1 << 14  # remembered sequence numbers, for duplicate detection
+_NO_SEQ = np.iinfo(np.int64).min
 _EPSILON = 1e-9  # seconds: rounding of playout times
 #: Frames the jitter buffer can hold ahead of the playout point (655 s, enough for a sender in
 #: fast mode with a 10-minute file); a packet further ahead or behind is out of window.
@@ -260,7 +261,9 @@ class Receiver:
         self.fec_codebooks = 0
         self._codes = _FrameStore(self.max_buffer, cfg.num_codebooks)
         self._fec = _FrameStore(self.max_buffer, cfg.num_codebooks)
-        self._seen: set[int] = set()
+        # The last _SEQ_WINDOW sequence numbers received, in a fixed ring (slot seq % size),
+        # like SRTP's replay list: memory does not grow over a long call.
+        self._seen = np.full(_SEQ_WINDOW, _NO_SEQ, np.int64)
         self._seq_ref: int | None = None
         self._seq_resync: int | None = None  # an out-of-window seq a restart may continue
 
@@ -317,10 +320,10 @@ class Receiver:
                 self._seq_resync = pkt.seq
                 st.packets_out_of_window += 1
                 return "out_of_window"
-            self._seen.clear()
+            self._seen.fill(_NO_SEQ)
             self._seq_ref = seq = pkt.seq
         self._seq_resync = None
-        if seq in self._seen:
+        if self._seen[seq % _SEQ_WINDOW] == seq:
             st.packets_duplicated += 1
             return "duplicate"
         if frame < self.next_frame:
@@ -380,11 +383,8 @@ class Receiver:
         return "end"
 
     def _remember(self, seq: int) -> None:
-        self._seen.add(seq)
+        self._seen[seq % _SEQ_WINDOW] = seq
         self._seq_ref = seq if self._seq_ref is None else max(self._seq_ref, seq)
-        if len(self._seen) > 2 * _SEQ_WINDOW:
-            low = self._seq_ref - _SEQ_WINDOW
-            self._seen = {s for s in self._seen if s >= low}
 
     @property
     def buffered_frames(self) -> int:

@@ -417,8 +417,9 @@ def garbage_datagram(rng: np.random.Generator, recent: list[bytes],
     * ``oversized``: 9-20 kB of random bytes, more than any packet of a 12-codebook model;
     * ``malformed``: the last packet with a header field made invalid and the CRC fixed;
     * ``replay``: a copy of a packet sent 50-500 packets ago, intact (a duplicate or late);
-    * ``far_future``: the last packet moved 2**30 samples and 20000 sequence numbers ahead,
-      CRC fixed (out of window; with authentication, its tag no longer matches).
+    * ``far_future``: the last packet moved 2**22 frames of 320 samples (23 hours) and 20000
+      sequence numbers ahead, CRC fixed (out of window; with authentication, its tag no longer
+      matches).
     """
     if kind is None:
         kind = GARBAGE_KINDS[int(rng.integers(len(GARBAGE_KINDS)))]
@@ -446,7 +447,7 @@ def garbage_datagram(rng: np.random.Generator, recent: list[bytes],
             body[10] = 255  # more FEC codebooks than codebooks
     else:
         seq = (int.from_bytes(body[2:4], "big") + 20000) & 0xFFFF
-        ts = (int.from_bytes(body[4:8], "big") + (1 << 30)) & 0xFFFF_FFFF
+        ts = (int.from_bytes(body[4:8], "big") + 320 * (1 << 22)) & 0xFFFF_FFFF
         body[2:4] = seq.to_bytes(2, "big")
         body[4:8] = ts.to_bytes(4, "big")
     return kind, bytes(body) + crc16(body).to_bytes(2, "big")
