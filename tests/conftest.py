@@ -30,3 +30,12 @@ def speech() -> np.ndarray:
     phase = 2 * np.pi * np.cumsum(f0) / 16000
     x = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.5 + 0.5 * np.sin(2 * np.pi * 2 * t))
     return (0.2 * x + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Frame-sized work: threads only add overhead (a lot of it on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from speechcodec import opus
 from speechcodec.bench_channel import DEFAULT_MANIFEST, format_table, loss_pattern
@@ -19,13 +18,7 @@ from speechcodec.channel import Chain, Delay, FixedPattern, GilbertElliott
 from speechcodec.cli_net import add_commands, build_channel, parse_duration, parse_fraction
 from speechcodec.cliutil import UserError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cli(argv, capsys):

@@ -54,12 +54,7 @@ STATUSES = {"ok", "end", "oversized", "wrong_peer", "corrupted", "auth_failed", 
             "rejected", "out_of_window", "duplicate", "late"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

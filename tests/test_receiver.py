@@ -23,13 +23,7 @@ from speechcodec.receiver import (
 K = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Frame-sized work: threads only add overhead (a lot of it on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class DelayOne(Channel):
