@@ -163,7 +163,8 @@ def test_interrupted_receiver_keeps_what_arrived(model_file, tiny_codec, speech,
     port = free_port()
     out = tmp_path / "partial.wav"
     rx = start("receive", str(out), "--listen", f"127.0.0.1:{port}", "--model",
-               str(model_file), "--playout-delay", "100ms", "--wait", "90", "--json")
+               str(model_file), "--playout-delay", "100ms", "--wait", "90", "--timeout", "90",
+               "--json")  # only the interrupt may stop it, however busy the machine
     try:
         wait_for(rx, "listening")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
