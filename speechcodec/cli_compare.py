@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -270,22 +269,3 @@ def cmd_listen(args) -> int:
         raise UserError(str(e)) from None
     print(f"listening page: {page}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run `compare`/`listen` on their own (the project's `speechcodec` command embeds them)."""
-    from .audio import AudioError
-    from .bitstream import StreamError
-
-    p = argparse.ArgumentParser(prog="speechcodec")
-    add_commands(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    try:
-        return args.func(args)
-    except (UserError, AudioError, StreamError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -457,23 +457,3 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-f", "--force", action="store_true", help="overwrite OUTPUT")
     p.set_defaults(func=cmd_receive)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (the main CLI registers these commands itself)."""
-    from .audio import AudioError
-    from .pretrained import ModelError
-
-    parser = argparse.ArgumentParser(prog="speechcodec")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (UserError, AudioError, ModelError) as e:
-        print(f"speechcodec: error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

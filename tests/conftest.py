@@ -39,3 +39,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def model_file(tiny_codec, tmp_path):
+    """The tiny model as a release file, for commands that take `--model`."""
+    path = tmp_path / "tiny.pt"
+    tiny_codec.save_release(path, "tiny-test")
+    return path
+
+
+@pytest.fixture
+def talk(speech, tmp_path):
+    """The synthetic speech as a 16-bit WAV file."""
+    import soundfile as sf
+
+    path = tmp_path / "talk.wav"
+    sf.write(path, speech, 16000, subtype="PCM_16")
+    return path

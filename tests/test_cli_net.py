@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,19 +27,6 @@ def cli(argv, capsys):
     rc = args.func(args)
     return rc, capsys.readouterr().out
 
-
-@pytest.fixture
-def model_file(tiny_codec, tmp_path) -> Path:
-    path = tmp_path / "tiny.pt"
-    tiny_codec.save_release(path, "tiny-test")
-    return path
-
-
-@pytest.fixture
-def talk(speech, tmp_path) -> Path:
-    path = tmp_path / "talk.wav"
-    sf.write(path, speech, 16000, subtype="PCM_16")
-    return path
 
 
 def test_simulate_writes_the_input_length_and_reports(model_file, talk, tmp_path, capsys):

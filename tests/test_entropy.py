@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from speechcodec.cli_explain import add_commands
 from speechcodec.entropy import (
@@ -18,14 +17,7 @@ from speechcodec.entropy import (
     measure_entropy,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_entropy_of_known_distributions():

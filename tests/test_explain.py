@@ -16,14 +16,7 @@ from speechcodec.explain import embed_file, embed_samples, explain, write_explai
 from speechcodec.model import Codec
 from speechcodec.pca import fit_pca
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(argv):

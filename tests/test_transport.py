@@ -58,19 +58,6 @@ def wait_for(proc: subprocess.Popen, word: str, timeout: float = 60.0) -> str:
     raise AssertionError(f"no '{word}' from {proc.args}: {''.join(seen)}")
 
 
-@pytest.fixture
-def model_file(tiny_codec, tmp_path) -> Path:
-    path = tmp_path / "tiny.pt"
-    tiny_codec.save_release(path, "tiny-test")
-    return path
-
-
-@pytest.fixture
-def talk(speech, tmp_path) -> Path:
-    path = tmp_path / "talk.wav"
-    sf.write(path, speech, 16000, subtype="PCM_16")
-    return path
-
 
 def test_send_relay_receive_processes(model_file, talk, tmp_path):
     rx_port, relay_port = free_port(), free_port()
