@@ -160,7 +160,9 @@ def test_interrupted_receiver_keeps_what_arrived(model_file, tiny_codec, speech,
                 time.sleep(max(0.0, t0 + 0.02 * i - time.monotonic()))
                 s.sendto(data, ("127.0.0.1", port))
         deadline = time.monotonic() + 30
-        while out.stat().st_size <= 44 and time.monotonic() < deadline:
+        # Interrupt once all 40 frames are played (so all 40 packets were read): 39 frames'
+        # samples after the 320-sample lookahead, as 16-bit PCM behind the 44-byte header.
+        while out.stat().st_size < 44 + 2 * 39 * 320 and time.monotonic() < deadline:
             time.sleep(0.05)
         rx.send_signal(signal.SIGINT)
         stdout, stderr = rx.communicate(timeout=30)
