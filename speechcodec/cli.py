@@ -31,7 +31,11 @@ def _parse_overrides(items: list[str]) -> tuple[dict, dict]:
             raise UserError(f"unknown config key '{key}'")
         default = getattr(CodecConfig() if key in codec_fields else TrainConfig(), key)
         try:
-            if isinstance(default, tuple):
+            if isinstance(default, bool):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                parsed = value.lower() in ("true", "1")
+            elif isinstance(default, tuple):
                 parsed = tuple(type(default[0])(v) for v in value.split(","))
             else:
                 parsed = type(default)(value)

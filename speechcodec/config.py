@@ -43,6 +43,8 @@ class CodecConfig:
     codebook_dim: int = 8
     n_fft: int = 480
     output_delay: int = 320
+    # The head accumulates a predicted per-bin phase advance across frames (see ISTFTHead).
+    phase_advance: bool = False
 
     def __post_init__(self) -> None:
         if self.frame_size % 2:
@@ -132,6 +134,9 @@ class TrainConfig:
     # the spacing of voice harmonics, so a mel loss alone lets the decoder smear them.
     stft_weight: float = 1.0
     stft_windows: tuple[int, ...] = (512, 1024, 2048)
+    # Weight and STFT window of `PhaseLoss` (instantaneous-frequency and group-delay error).
+    phase_weight: float = 0.0
+    phase_window: int = 512
     # Augmentation: random gain in dB applied to each training segment (then capped so the
     # peak stays below full scale): quiet to loud input.
     gain_db_range: tuple[float, float] = (-20.0, 20.0)

@@ -72,23 +72,47 @@ class ISTFTHead(nn.Module):
     `[B, C, J] -> [B, J * hop]` samples. Frame j is placed at samples `[j*hop, j*hop + n_fft)`;
     after frame j, samples before `(j + 1) * hop` are complete and are emitted, the rest of the
     window is held (as `cache` state, or dropped at the end of a whole signal).
+
+    With `advance`, the phase of bin k in frame j is `acc[k, j] + offset[k, j]`, where
+    `acc[k, j] = acc[k, j - 1] + advance[k, j]` runs across frames (streaming state) like a
+    phase vocoder's: a harmonic keeps a coherent phase by predicting how far it turns per hop
+    (its frequency), a local quantity, instead of its absolute phase, which depends on the
+    whole past. Without it, each frame's phase is predicted on its own.
     """
 
-    def __init__(self, dim: int, n_fft: int, hop: int) -> None:
+    def __init__(self, dim: int, n_fft: int, hop: int, advance: bool = False) -> None:
         super().__init__()
         self.n_fft = n_fft
         self.hop = hop
         self.bins = n_fft // 2 + 1
-        self.proj = nn.Conv1d(dim, 2 * self.bins, 1)
+        self.advance = advance
+        self.proj = nn.Conv1d(dim, (3 if advance else 2) * self.bins, 1)
         window = torch.hann_window(n_fft, periodic=True)
         # Sum of the squared window over all overlapping frames: a constant for these hops.
         envelope = (window**2).sum() / hop
         self.register_buffer("window", window / envelope, persistent=False)
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        log_mag, phase = self.proj(x).float().chunk(2, dim=1)
+    def spectrum(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """`[B, C, J]` features -> complex spectra `[B, bins, J]`."""
+        parts = self.proj(x).float()
+        log_mag, phase = parts[:, : self.bins], parts[:, self.bins: 2 * self.bins]
+        if self.advance:
+            # Wrap each step to [-pi, pi) and accumulate in float64, so the accumulated phase
+            # stays exact over hours of streaming (it is wrapped again after every call).
+            step = parts[:, 2 * self.bins:].double()
+            step = step - 2 * math.pi * torch.round(step / (2 * math.pi))
+            start = cache.get((self, "phase")) if cache is not None else None
+            acc = torch.cumsum(step, dim=2)
+            if start is not None:
+                acc = acc + start[:, :, None]
+            if cache is not None:
+                cache[(self, "phase")] = torch.remainder(acc[:, :, -1], 2 * math.pi)
+            phase = phase + torch.remainder(acc, 2 * math.pi).float()
         mag = torch.exp(log_mag.clamp(max=8.0))
-        spec = torch.polar(mag, phase)  # [B, bins, J]
+        return torch.polar(mag, phase)
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        spec = self.spectrum(x, cache)  # [B, bins, J]
         frames = torch.fft.irfft(spec, n=self.n_fft, dim=1) * self.window[:, None]
         num_frames = frames.shape[-1]
         length = (num_frames - 1) * self.hop + self.n_fft

@@ -58,7 +58,7 @@ class Decoder(nn.Module):
             ConvNeXtBlock(w, cfg.kernel_size, cfg.ffn_ratio, scale)
             for _ in range(cfg.decoder_blocks_high))
         self.norm = nn.LayerNorm(w)
-        self.head = ISTFTHead(w, cfg.n_fft, cfg.hop)
+        self.head = ISTFTHead(w, cfg.n_fft, cfg.hop, cfg.phase_advance)
 
     def forward(self, z: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         x = self.proj(z)

@@ -139,3 +139,15 @@ def test_console_entry_point_and_module(tmp_path):
     r = subprocess.run([sys.executable, "-m", "speechcodec", "--version"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and "speechcodec" in r.stdout
+
+
+def test_set_reads_booleans_and_refuses_junk():
+    """`--set phase_advance=false` must mean False (bool('false') is True in Python)."""
+    from speechcodec.cli import _parse_overrides
+    from speechcodec.cliutil import UserError
+
+    assert _parse_overrides(["phase_advance=false"])[0] == {"phase_advance": False}
+    assert _parse_overrides(["phase_advance=True"])[0] == {"phase_advance": True}
+    assert _parse_overrides(["phase_weight=0.5"])[1] == {"phase_weight": 0.5}
+    with pytest.raises(UserError, match="cannot read"):
+        _parse_overrides(["phase_advance=maybe"])

@@ -166,3 +166,47 @@ def test_level_loss_measures_frame_level_in_log10_units():
     # Digital silence against silence costs nothing; -80 dBFS is the floor
     z = torch.zeros(1, 3200)
     assert float(level_loss(z, z)) == 0.0
+
+
+def test_warm_start_from_a_release_keeps_its_codebooks_and_sound(tmp_path):
+    """A release holds no EMA statistics; warm-starting from it must still copy the codebooks
+    (it once restarted the quantizer from scratch), and a head that gains phase-advance rows
+    starts with them at zero, so the new model first decodes exactly like its source."""
+    import dataclasses
+
+    from speechcodec.model import Codec
+    from speechcodec.train import _warm_start
+
+    torch.manual_seed(0)
+    src = Codec(TINY)
+    path = tmp_path / "src.pt"
+    src.save_release(path, "src")
+    src = load_codec(str(path))
+    x = torch.randn(1, 320 * 8) * 0.1
+    for cfg in (TINY, dataclasses.replace(TINY, phase_advance=True)):
+        codec = Codec(cfg)
+        _warm_start(codec, str(path))
+        codec.eval()
+        assert all(bool(layer.initialised) for layer in codec.quantizer.layers)
+        assert torch.equal(codec.encode(x, 12), src.encode(x, 12))
+        torch.testing.assert_close(codec.decode(src.encode(x, 12)), src.decode(src.encode(x, 12)))
+
+
+def test_phase_loss_sees_phase_that_magnitude_losses_miss():
+    """Frames with the right magnitudes but scrambled phases cost a lot; equal signals cost
+    (almost) nothing, a small delay little."""
+    from speechcodec.train import PhaseLoss
+
+    torch.manual_seed(0)
+    t = torch.arange(16000) / 16000
+    f0 = 140 + 20 * torch.sin(2 * torch.pi * 2 * t)
+    phase = 2 * torch.pi * torch.cumsum(f0, 0) / 16000
+    x = sum(torch.sin(k * phase) / k for k in range(1, 30))[None] * 0.1
+    spec = torch.stft(x, 480, 160, window=torch.hann_window(480), return_complex=True)
+    noise_phase = torch.rand(spec.shape) * 2 * torch.pi
+    scrambled = torch.istft(torch.polar(spec.abs(), noise_phase), 480, 160,
+                            window=torch.hann_window(480), length=x.shape[1])
+    loss = PhaseLoss(512)
+    assert float(loss(x, x)) < 0.005  # only the floor for near-silent bins
+    assert float(loss(x, scrambled)) > 0.5
+    assert float(loss(x, torch.roll(x, 8, 1))) < 0.05
