@@ -226,3 +226,20 @@ def test_phase_advance_head_streams_and_keeps_its_phase_bounded(speech):
         head.proj.weight[2 * head.bins:] = 0
         head.proj.bias[2 * head.bins:] = 0
     assert not torch.allclose(codec.decode(codes), whole, atol=1e-3)
+
+
+def test_phase_advance_learns_from_its_own_frame_only():
+    """In training, a frame's phase error reaches only that frame's advance, not every earlier
+    one (whose gradients would pile up through the running sum)."""
+    from speechcodec.layers import ISTFTHead
+
+    torch.manual_seed(0)
+    head = ISTFTHead(8, 32, 8, advance=True).train()
+    x = torch.randn(1, 8, 6)
+    parts = head.proj(x).detach().requires_grad_(True)
+    head.proj = torch.nn.Identity()
+    spec = head.spectrum(parts)
+    spec[0, 3, 4].angle().backward()
+    steps = parts.grad[0, 2 * head.bins:]
+    assert steps[3, 4] != 0
+    assert torch.count_nonzero(steps) == 1
