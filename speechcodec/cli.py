@@ -323,6 +323,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_split(args) -> int:
+    from .train import split_by_speaker
+
+    try:
+        train_csv, dev_csv, dev = split_by_speaker(args.manifest, args.holdout, args.seed, args.out)
+    except (OSError, ValueError) as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {train_csv} and {dev_csv} ({len(dev)} held-out speakers: {', '.join(dev)})")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .pretrained import HERE
     from .train import export_release
@@ -394,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a CodecConfig or TrainConfig field (repeatable)")
     t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("split", help="hold out speakers of a training manifest as a dev set")
+    s.add_argument("manifest", help="manifest CSV with 'path' and 'speaker' columns")
+    s.add_argument("--holdout", type=int, default=12, help="speakers to hold out (default 12)")
+    s.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    s.add_argument("--out", required=True, help="folder for train.csv and dev.csv")
+    s.set_defaults(func=cmd_split)
 
     x = sub.add_parser("export", help="training checkpoint -> small hashed release file")
     x.add_argument("checkpoint", help="checkpoint.pt from `speechcodec train`")

@@ -47,6 +47,37 @@ def list_audio(source: str | os.PathLike) -> list[Path]:
     return files
 
 
+def split_by_speaker(manifest: str | os.PathLike, holdout: int, seed: int,
+                     out_dir: str | os.PathLike) -> tuple[Path, Path, list[str]]:
+    """Split a manifest (with a `speaker` column) into `train.csv` and `dev.csv` in `out_dir`:
+    `holdout` speakers drawn with `seed` go to dev, so that choosing between training runs never
+    looks at the validation set. Paths are written absolute, so the new manifests work from
+    anywhere. Returns (train path, dev path, the held-out speakers)."""
+    manifest = Path(manifest)
+    with open(manifest, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], list(reader)
+    if "path" not in fields or "speaker" not in fields:
+        raise ValueError(f"{manifest}: needs 'path' and 'speaker' columns")
+    speakers = sorted({r["speaker"] for r in rows})
+    if not 0 < holdout < len(speakers):
+        raise ValueError(f"{manifest}: cannot hold out {holdout} of {len(speakers)} speakers")
+    dev = set(random.Random(seed).sample(speakers, holdout))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, keep in (("train.csv", False), ("dev.csv", True)):
+        path = out / name
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            for r in rows:
+                if (r["speaker"] in dev) == keep:
+                    w.writerow({**r, "path": str((manifest.parent / r["path"]).resolve())})
+        paths.append(path)
+    return paths[0], paths[1], sorted(dev)
+
+
 def load_corpus(files: list[Path], sample_rate: int, progress: bool = True) -> list[np.ndarray]:
     from tqdm import tqdm
 

@@ -210,3 +210,25 @@ def test_phase_loss_sees_phase_that_magnitude_losses_miss():
     assert float(loss(x, x)) < 0.005  # only the floor for near-silent bins
     assert float(loss(x, scrambled)) > 0.5
     assert float(loss(x, torch.roll(x, 8, 1))) < 0.05
+
+
+def test_split_holds_out_whole_speakers_reproducibly(tmp_path):
+    from speechcodec.train import split_by_speaker
+
+    files = list_audio(SAMPLES)
+    manifest = tmp_path / "m.csv"
+    rows = [(f, f"spk{i % 5}") for i in range(20) for f in files[:1]]
+    manifest.write_text("path,speaker\n" + "".join(f"{f},{s}\n" for f, s in rows))
+    train_csv, dev_csv, dev = split_by_speaker(manifest, 2, 1, tmp_path / "a")
+    assert len(dev) == 2
+    with open(train_csv) as f:
+        train_rows = list(csv.DictReader(f))
+    with open(dev_csv) as f:
+        dev_rows = list(csv.DictReader(f))
+    assert len(train_rows) + len(dev_rows) == 20
+    assert {r["speaker"] for r in dev_rows} == set(dev)
+    assert not {r["speaker"] for r in train_rows} & set(dev)
+    assert all(Path(r["path"]).is_absolute() and Path(r["path"]).exists() for r in dev_rows)
+    assert split_by_speaker(manifest, 2, 1, tmp_path / "b")[2] == dev  # same seed, same split
+    with pytest.raises(ValueError, match="cannot hold out"):
+        split_by_speaker(manifest, 5, 1, tmp_path / "c")
