@@ -404,7 +404,7 @@ def codes_png(ex: Explanation, width_px: int = 1100) -> bytes:
     for ax in axes:
         ax.tick_params(labelsize=7)
     axes[0].set_xlim(0, t_end)
-    fig.subplots_adjust(left=0.06, right=0.99, top=0.95, bottom=0.08, hspace=0.35)
+    fig.subplots_adjust(left=0.06, right=0.95, top=0.95, bottom=0.08, hspace=0.35)
     return _png(fig)
 
 
