@@ -95,13 +95,17 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
-    """HTK-scale triangular filters, no area normalisation, 0 Hz..Nyquist: ``[n_mels, F]``."""
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """HTK-scale triangular filters, no area normalisation, 0 Hz..Nyquist: ``[F, n_mels]`` with
+    F = n_fft // 2 + 1. Filter m rises from 0 at edge m to 1 at edge m + 1 and falls to 0 at edge
+    m + 2, the edges evenly spaced in mel (torchaudio's ``melscale_fbanks`` with ``norm=None,
+    mel_scale="htk"``). Shared by this metric and the training loss; the array is cached, so
+    callers must not modify it."""
     freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
     edges = _mel_to_hz(np.linspace(0.0, _hz_to_mel(np.array(sample_rate / 2.0)), n_mels + 2))
-    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (freqs[None, :] - lower) / (centre - lower)
-    falling = (upper - freqs[None, :]) / (upper - centre)
+    lower, centre, upper = edges[None, :-2], edges[None, 1:-1], edges[None, 2:]
+    rising = (freqs[:, None] - lower) / (centre - lower)
+    falling = (upper - freqs[:, None]) / (upper - centre)
     return np.maximum(0.0, np.minimum(rising, falling))
 
 
@@ -113,7 +117,7 @@ def _log_mel(x: np.ndarray, sample_rate: int) -> np.ndarray:
     idx = np.arange(_MEL_N_FFT)[None, :] + _MEL_HOP * np.arange(n_frames)[:, None]
     window = np.hanning(_MEL_N_FFT + 1)[:-1]  # periodic Hann
     magnitude = np.abs(np.fft.rfft(x[idx] * window, axis=1))
-    mel = magnitude @ _mel_filterbank(sample_rate, _MEL_N_FFT, _MEL_BANDS).T
+    mel = magnitude @ mel_filterbank(sample_rate, _MEL_N_FFT, _MEL_BANDS)
     return np.log10(np.maximum(mel, _MEL_FLOOR))
 
 

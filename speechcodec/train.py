@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .audio import AudioError, load_audio
 from .config import CodecConfig, TrainConfig
+from .metrics import mel_filterbank
 from .model import Codec
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -175,26 +176,6 @@ def peaking_eq_coefficients(sample_rate: float, centre: float, gain_db: float,
 
 
 # -- losses ----------------------------------------------------------------------------------
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0,
-                   f_max: float | None = None) -> np.ndarray:
-    """Triangular mel filters on the HTK scale, unnormalised: ``[n_fft // 2 + 1, n_mels]``.
-
-    ``mel(f) = 2595 log10(1 + f / 700)``; the band edges are ``n_mels + 2`` points evenly
-    spaced in mel from ``f_min`` to ``f_max`` (default ``sample_rate / 2``), and filter ``m``
-    rises linearly from 0 at edge ``m`` to 1 at edge ``m + 1`` and falls to 0 at edge ``m + 2``
-    (torchaudio's ``melscale_fbanks`` with ``norm=None, mel_scale="htk"``).
-    """
-    f_max = sample_rate / 2 if f_max is None else f_max
-    freqs = np.linspace(0, sample_rate // 2, n_fft // 2 + 1)
-    mel_edges = np.linspace(2595 * np.log10(1 + f_min / 700), 2595 * np.log10(1 + f_max / 700),
-                            n_mels + 2)
-    edges = 700 * (10 ** (mel_edges / 2595) - 1)
-    width = np.diff(edges)
-    rise = (freqs[:, None] - edges[None, :-2]) / width[None, :-1]
-    fall = (edges[None, 2:] - freqs[:, None]) / width[None, 1:]
-    return np.maximum(0.0, np.minimum(rise, fall))
-
-
 class MelSpectrogram(torch.nn.Module):
     """Magnitude (power 1) mel spectrogram: centred STFT with reflect padding and a periodic
     Hann window, then the HTK mel filterbank; ``[..., T] -> [..., n_mels, frames]``."""
