@@ -137,6 +137,17 @@ class TrainConfig:
     # Weight and STFT window of `PhaseLoss` (instantaneous-frequency and group-delay error).
     phase_weight: float = 0.0
     phase_window: int = 512
+    # Adversarial training (off at 0): weights of the hinge and feature-matching terms from a
+    # multi-resolution STFT discriminator (`speechcodec.discriminator`), which sees `disc_batch`
+    # crops of `disc_seconds` per step, and learns alone for its first `disc_warmup` steps.
+    adv_weight: float = 0.0
+    feat_weight: float = 0.0
+    disc_windows: tuple[int, ...] = (256, 512, 1024)
+    disc_channels: int = 16
+    disc_lr: float = 2e-4
+    disc_batch: int = 8
+    disc_seconds: float = 0.5
+    disc_warmup: int = 0
     # Augmentation: random gain in dB applied to each training segment (then capped so the
     # peak stays below full scale): quiet to loud input.
     gain_db_range: tuple[float, float] = (-20.0, 20.0)
@@ -158,7 +169,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
-        for k in ("betas", "codebook_choices", "mel_windows", "stft_windows", "gain_db_range"):
+        for k in ("betas", "codebook_choices", "mel_windows", "stft_windows", "gain_db_range",
+                  "disc_windows"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)

@@ -290,8 +290,10 @@ def reconstruction_loss(model: torch.nn.Module, delay: int, mel_loss: MelLoss, w
                         num_codebooks: torch.Tensor, tc: TrainConfig,
                         bypass: torch.Tensor | None = None,
                         stft_loss: STFTLoss | None = None,
-                        phase_loss: PhaseLoss | None = None) -> tuple[torch.Tensor, dict]:
-    """Spectral losses between the input and the decoder output shifted back by `delay` samples.
+                        phase_loss: PhaseLoss | None = None,
+                        adversary: Adversary | None = None) -> tuple[torch.Tensor, dict]:
+    """Spectral losses between the input and the decoder output shifted back by `delay` samples,
+    plus, with an `adversary`, its generator terms (after it has taken its own step).
 
     `model` is the Codec or its DistributedDataParallel wrapper (which syncs the gradients).
     """
@@ -318,7 +320,79 @@ def reconstruction_loss(model: torch.nn.Module, delay: int, mel_loss: MelLoss, w
         phase = phase_loss(ref, est)
         loss = loss + tc.phase_weight * phase
         parts["phase"] = phase.item()
+    if adversary is not None:
+        adv, feat, d_loss = adversary.step(ref, est)
+        if adv is not None:
+            loss = loss + tc.adv_weight * adv + tc.feat_weight * feat
+            parts.update(adv=adv.item(), feat=feat.item())
+        parts["disc"] = d_loss
     return loss, {"loss": loss.item(), **parts}
+
+
+class Adversary:
+    """The discriminator, its optimiser and one training step of it (see `discriminator`).
+
+    Each step it sees `disc_batch` random crops of `disc_seconds` from the batch (real input and
+    decoder output, aligned), takes its own hinge-loss step, then returns the generator's
+    adversarial and feature-matching terms on the same crops. For the first `disc_warmup` steps of
+    a run only the discriminator learns (the generator terms are None), so a fresh discriminator
+    does not push a trained decoder around at random.
+    """
+
+    def __init__(self, tc: TrainConfig, sample_rate: int, distributed: bool, seed: int) -> None:
+        from .discriminator import MultiSTFTDiscriminator
+
+        self.tc = tc
+        self.disc = MultiSTFTDiscriminator(tc.disc_windows, tc.disc_channels)
+        self.model = (torch.nn.parallel.DistributedDataParallel(self.disc) if distributed
+                      else self.disc)
+        self.opt = torch.optim.AdamW(self.disc.parameters(), lr=tc.disc_lr, betas=tc.betas)
+        self.crop = round(tc.disc_seconds * sample_rate)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.steps = 0
+
+    def state_dict(self) -> dict:
+        return {"model": self.disc.state_dict(), "optimizer": self.opt.state_dict(),
+                "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.disc.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.steps = state["steps"]
+
+    def _crops(self, ref: torch.Tensor, est: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = min(self.tc.disc_batch, ref.shape[0])
+        crop = min(self.crop, ref.shape[1])
+        starts = torch.randint(ref.shape[1] - crop + 1, (n,), generator=self.gen).tolist()
+        pick = torch.randperm(ref.shape[0], generator=self.gen)[:n].tolist()
+        real = torch.stack([ref[i, s:s + crop] for i, s in zip(pick, starts)])
+        fake = torch.stack([est[i, s:s + crop] for i, s in zip(pick, starts)])
+        return real, fake
+
+    def step(self, ref: torch.Tensor, est: torch.Tensor):
+        from .discriminator import discriminator_loss, feature_matching_loss, generator_loss
+
+        real, fake = self._crops(ref, est)
+        # One forward over real and generated crops together (DDP expects one per backward).
+        both = self.model(torch.cat([real, fake.detach()]))
+        n = real.shape[0]
+        d_loss = discriminator_loss(*([(lg[i:i + n], [f[i:i + n] for f in fs]) for lg, fs in both]
+                                      for i in (0, n)))
+        self.opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.disc.parameters(), self.tc.grad_clip)
+        self.opt.step()
+        self.steps += 1
+        if self.steps <= self.tc.disc_warmup:
+            return None, None, d_loss.item()
+        # The generator's terms go through the plain module with its weights frozen: no
+        # discriminator gradients are computed, and none are synchronised across replicas.
+        self.disc.requires_grad_(False)
+        with torch.no_grad():
+            real_out = self.disc(real)
+        fake_out = self.disc(fake)
+        self.disc.requires_grad_(True)
+        return generator_loss(fake_out), feature_matching_loss(real_out, fake_out), d_loss.item()
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -349,12 +423,13 @@ def validate(codec: Codec, clips: list[np.ndarray], codebooks: tuple[int, ...]) 
 
 # -- checkpoints -----------------------------------------------------------------------------
 def save_checkpoint(path: Path, codec: Codec, opt, sched, step: int, tc: TrainConfig,
-                    elapsed: float) -> None:
+                    elapsed: float, adversary: Adversary | None = None) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"config": codec.cfg.to_dict(), "train_config": tc.to_dict(),
                 "model": codec.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "step": step, "elapsed": elapsed,
-                "rng": torch.get_rng_state()}, tmp)
+                "rng": torch.get_rng_state(),
+                **({"adversary": adversary.state_dict()} if adversary else {})}, tmp)
     os.replace(tmp, path)
 
 
@@ -413,6 +488,11 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
         start_step, elapsed = state["step"], state["elapsed"]
         torch.set_rng_state(state["rng"])
     model = torch.nn.parallel.DistributedDataParallel(codec) if distributed else codec
+    adversary = None
+    if tc.adv_weight > 0 or tc.feat_weight > 0:
+        adversary = Adversary(tc, cfg.sample_rate, distributed, tc.seed * 31 + rank + start_step)
+        if state is not None and "adversary" in state:
+            adversary.load_state_dict(state["adversary"])
 
     clips = load_corpus(list_audio(data), cfg.sample_rate, progress and rank == 0)
     seg = round(tc.segment_seconds * cfg.sample_rate / cfg.frame_size) * cfg.frame_size
@@ -448,7 +528,7 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
         bypass = torch.rand(wav.shape[0], generator=gen) < tc.bypass_prob
         loss, parts = reconstruction_loss(model, cfg.output_delay, mel_loss, wav, n_q, tc,
                                           bypass if tc.bypass_prob > 0 else None, stft_loss,
-                                          phase_loss)
+                                          phase_loss, adversary)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(codec.parameters(), tc.grad_clip)
@@ -456,11 +536,12 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
         sched.step()
         step += 1
         for k, v in parts.items():
-            running[k] = running.get(k, 0.0) + v
+            total, n = running.get(k, (0.0, 0))
+            running[k] = (total + v, n + 1)
         if rank == 0:
             bar.update(1)
             if step % tc.log_every == 0 or step == tc.steps:
-                avg = {k: v / tc.log_every for k, v in running.items()}
+                avg = {k: total / n for k, (total, n) in running.items()}
                 running = {}
                 bar.set_postfix(loss=f"{avg['loss']:.3f}", mel=f"{avg['mel_log']:.3f}")
                 _append_csv(log_path, {"step": step, "time_s": round(time.time() - t0, 1),
@@ -477,16 +558,21 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
             dist.all_reduce(flag)
             stop = bool(flag.item())
         if rank == 0 and (step % tc.checkpoint_every == 0 or step == tc.steps or stop):
-            save_checkpoint(ckpt_path, codec, opt, sched, step, tc, time.time() - t0)
+            save_checkpoint(ckpt_path, codec, opt, sched, step, tc, time.time() - t0,
+                            adversary)
             if step % (tc.checkpoint_every * 10) == 0:
                 shutil.copyfile(ckpt_path, out / f"checkpoint_{step:07d}.pt")
         if stop:
             break
     bar.close()
     if distributed:
-        # Every replica must end with the same weights; record each one's checksum.
+        # Every replica must end with the same weights (the codec's, and the discriminator's
+        # when there is one); record each one's checksum.
         sums = [None] * world
-        dist.all_gather_object(sums, state_checksum(codec))
+        mine = state_checksum(codec)
+        if adversary is not None:
+            mine += " " + state_checksum(adversary.disc)
+        dist.all_gather_object(sums, mine)
         if rank == 0:
             (out / "replicas.json").write_text(json.dumps({"checksums": sums}) + "\n")
         dist.barrier()
@@ -494,12 +580,12 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
     return ckpt_path
 
 
-def state_checksum(codec: Codec) -> str:
+def state_checksum(module: torch.nn.Module) -> str:
     """SHA-256 over all parameters and buffers, in state-dict order."""
     import hashlib
 
     h = hashlib.sha256()
-    for name, t in codec.state_dict().items():
+    for name, t in module.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().contiguous().cpu().numpy().tobytes())
     return h.hexdigest()
@@ -557,11 +643,21 @@ def _grow_head(src_state: dict, own: dict) -> dict:
 
 
 def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
+    """Append `row`; a key the file has no column for yet (a loss term that starts mid-run)
+    widens the header, and earlier rows leave that column empty."""
+    rows, fields = [], []
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            if not set(row) <= set(fields):
+                rows = list(reader)
+    new = [k for k in row if k not in fields]
+    with open(path, "w" if new else "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields + new)
         if new:
             w.writeheader()
+            w.writerows(rows)
         w.writerow(row)
 
 

@@ -74,7 +74,8 @@ def test_list_audio_from_manifest_and_folder(tmp_path):
 
 
 def test_data_parallel_replicas_stay_identical(tmp_path):
-    """Two processes under torchrun (gloo) end with bit-identical weights."""
+    """Two processes under torchrun (gloo) end with bit-identical weights, the discriminator's
+    included."""
     import json
     import os
     import shutil
@@ -87,7 +88,9 @@ def test_data_parallel_replicas_stay_identical(tmp_path):
                  "decoder_blocks_low": 1, "decoder_blocks_high": 1, "latent_dim": 16,
                  "codebook_size": 64, "batch_size": 4, "segment_seconds": 0.4,
                  "warmup_steps": 2, "log_every": 1, "checkpoint_every": 2, "threads": 2,
-                 "mel_windows": "128,512"}
+                 "mel_windows": "128,512", "adv_weight": 0.5, "feat_weight": 1.0,
+                 "disc_windows": "128,256", "disc_channels": 4, "disc_batch": 1,
+                 "disc_seconds": 0.2, "disc_warmup": 1}
     sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "speechcodec",
@@ -96,9 +99,9 @@ def test_data_parallel_replicas_stay_identical(tmp_path):
                        env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     sums = json.loads((tmp_path / "ddp" / "replicas.json").read_text())["checksums"]
-    assert len(sums) == 2 and sums[0] == sums[1]
+    assert len(sums) == 2 and sums[0] == sums[1] and len(sums[0].split()) == 2
     state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
-    assert state["step"] == 3
+    assert state["step"] == 3 and state["adversary"]["steps"] == 3
 
 
 def test_augmentation_keeps_length_and_level_and_band_limits():
@@ -232,3 +235,56 @@ def test_split_holds_out_whole_speakers_reproducibly(tmp_path):
     assert split_by_speaker(manifest, 2, 1, tmp_path / "b")[2] == dev  # same seed, same split
     with pytest.raises(ValueError, match="cannot hold out"):
         split_by_speaker(manifest, 5, 1, tmp_path / "c")
+
+
+def test_adversarial_training_logs_checkpoints_and_resumes(tmp_path):
+    """With adv_weight > 0 the discriminator learns alone during its warm-up, then the generator
+    gets the adversarial and feature-matching terms; the discriminator and its optimiser are
+    saved in the checkpoint and picked up again by --resume."""
+    import dataclasses
+
+    out = tmp_path / "gan"
+    tc = dataclasses.replace(_tc(3), adv_weight=0.5, feat_weight=1.0, disc_windows=(128, 256),
+                             disc_channels=4, disc_batch=2, disc_seconds=0.2, disc_warmup=2)
+    train(str(SAMPLES), str(out), cfg=TINY, tc=tc, progress=False)
+    with open(out / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["disc"]) > 0 for r in rows)
+    # No generator terms while the discriminator warms up; both from step 3 on.
+    assert [r["adv"] for r in rows[:2]] == ["", ""]
+    assert float(rows[2]["adv"]) > 0 and float(rows[2]["feat"]) > 0
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    disc = state["adversary"]
+    assert disc["steps"] == 3 and disc["optimizer"]["state"]
+
+    train(str(SAMPLES), str(out), resume=True, progress=False, train_overrides={"steps": 4})
+    state2 = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state2["adversary"]["steps"] == 4
+    moved = [not torch.equal(state2["adversary"]["model"][k], v)
+             for k, v in disc["model"].items()]
+    assert any(moved)
+
+
+def test_discriminator_losses():
+    from speechcodec.discriminator import (MultiSTFTDiscriminator, discriminator_loss,
+                                           feature_matching_loss, generator_loss)
+
+    torch.manual_seed(0)
+    disc = MultiSTFTDiscriminator((128, 256), channels=4)
+    x = torch.randn(2, 3200)
+    out = disc(x)
+    assert len(out) == 2
+    for (logits, feats), w in zip(out, (128, 256)):
+        frames, bins = 3200 // (w // 4) + 1, w // 2 + 1
+        assert logits.shape[:3] == (2, 1, frames) and len(feats) == 5
+        assert feats[0].shape[-1] == bins  # the first layer keeps full frequency resolution
+    # Hinge: zero once real logits sit at or above +1 and generated ones at or below -1.
+    real = [(torch.full((2, 1, 4, 4), 1.5), []), (torch.ones(2, 1, 4, 4), [])]
+    fake = [(torch.full((2, 1, 4, 4), -1.0), []), (torch.full((2, 1, 4, 4), -2.0), [])]
+    assert discriminator_loss(real, fake).item() == 0.0
+    assert discriminator_loss(fake, real).item() > 2.0
+    assert generator_loss(real).item() == 0.0
+    assert generator_loss(fake).item() == pytest.approx((2.0 + 3.0) / 2)
+    # Feature matching: zero for the same audio, positive for different audio.
+    assert feature_matching_loss(out, out).item() == 0.0
+    assert feature_matching_loss(out, disc(x * 0.5)).item() > 0.1
