@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                      fec_codebooks=3)
     print(format_comparison([("lossless", lossless),
                              ("10% bursty loss + 30 ms jitter, concealment + FEC", lossy)]))
+    seconds = len(clip) / codec.cfg.sample_rate
+    print(f"(10% is the channel's long-run mean loss; losses come in bursts, so a {seconds:.0f} s "
+          f"clip draws more or less than that: this one lost {lossy.loss_rate:.0%})")
     write_wav(out / f"{files[0].stem}_3kbps_10pct_loss.wav", lossy.samples,
               codec.cfg.sample_rate)
     print(f"lossy call: {out / (files[0].stem + '_3kbps_10pct_loss.wav')}")
