@@ -189,13 +189,16 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _sigterm_as_interrupt() -> None:
-    """Let SIGTERM end a call the way Ctrl-C does, so outputs are finished properly."""
+def _signals_as_interrupt() -> None:
+    """Let SIGTERM end a call the way Ctrl-C does, so outputs are finished properly. SIGINT is
+    set back to Python's Ctrl-C handler too: a shell's background job inherits SIGINT ignored,
+    and `kill -INT` would otherwise leave the call running."""
     def handler(signum, frame):
         raise KeyboardInterrupt
 
     try:
         signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not the main thread
         pass
 
@@ -273,7 +276,7 @@ def cmd_relay(args) -> int:
     listen, to = _address(args.listen), _address(args.to)
     channel = build_channel(args)
     garbage = parse_fraction(args.garbage, "--garbage")
-    _sigterm_as_interrupt()
+    _signals_as_interrupt()
     try:
         r = relay_udp(listen, to, channel, timeout=args.timeout, wait=args.wait,
                       stop_after_end=not args.keep_running, garbage=garbage, seed=args.seed,
@@ -321,7 +324,7 @@ def cmd_receive(args) -> int:
     codec = _codec(args)
     playout = parse_duration(args.playout_delay, "--playout-delay")
     ref = _load(args.ref) if args.ref else None
-    _sigterm_as_interrupt()
+    _signals_as_interrupt()
     try:
         r = receive_udp(codec, listen, out, playout_delay=playout,
                         concealment=args.concealment, use_fec=not args.no_fec,

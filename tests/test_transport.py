@@ -35,16 +35,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _default_sigint() -> None:
-    # A shell's background job inherits SIGINT ignored, and Python then installs no
-    # KeyboardInterrupt handler: the receiver would ignore the test's interrupt and play on.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _ignore_sigint() -> None:
+    # As a shell's background job starts: SIGINT ignored, so Python installs no KeyboardInterrupt
+    # handler of its own. The commands must still stop on SIGINT (see the interrupt test).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def start(*argv: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "speechcodec", *argv], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint)
+                            preexec_fn=_ignore_sigint)
 
 
 def wait_for(proc: subprocess.Popen, word: str, timeout: float = 60.0) -> str:
