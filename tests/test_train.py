@@ -266,8 +266,12 @@ def test_adversarial_training_logs_checkpoints_and_resumes(tmp_path):
 
 
 def test_discriminator_losses():
-    from speechcodec.discriminator import (MultiSTFTDiscriminator, discriminator_loss,
-                                           feature_matching_loss, generator_loss)
+    from speechcodec.discriminator import (
+        MultiSTFTDiscriminator,
+        discriminator_loss,
+        feature_matching_loss,
+        generator_loss,
+    )
 
     torch.manual_seed(0)
     disc = MultiSTFTDiscriminator((128, 256), channels=4)
