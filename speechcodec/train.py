@@ -374,10 +374,10 @@ class Adversary:
 
         real, fake = self._crops(ref, est)
         # One forward over real and generated crops together (DDP expects one per backward).
-        both = self.model(torch.cat([real, fake.detach()]))
         n = real.shape[0]
-        d_loss = discriminator_loss(*([(lg[i:i + n], [f[i:i + n] for f in fs]) for lg, fs in both]
-                                      for i in (0, n)))
+        logits = [lg for lg, _ in self.model(torch.cat([real, fake.detach()]))]
+        d_loss = discriminator_loss([(lg[:n], []) for lg in logits],
+                                    [(lg[n:], []) for lg in logits])
         self.opt.zero_grad(set_to_none=True)
         d_loss.backward()
         torch.nn.utils.clip_grad_norm_(self.disc.parameters(), self.tc.grad_clip)
