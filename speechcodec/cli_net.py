@@ -248,6 +248,7 @@ def cmd_send(args) -> int:
     k, fec, fpp = _stream_params(codec, args)
     mode = "as fast as possible" if args.fast else "in real time"
     _say(f"sending {args.input} to {to[0]}:{to[1]} at {args.kbps:g} kbps, {mode}")
+    _signals_as_interrupt()
     try:
         r = send_udp(codec, audio.samples, k, to, fec_codebooks=fec, frames_per_packet=fpp,
                      fast=args.fast, original_sample_rate=audio.original_sample_rate,
@@ -258,7 +259,8 @@ def cmd_send(args) -> int:
         print_json(r.as_dict())
     else:
         print(f"sent         {r.packets_sent} packets + END, {r.duration_s:.2f} s of audio in "
-              f"{r.wall_s:.2f} s")
+              f"{r.wall_s:.2f} s" + ("; interrupted, so END announced only that much"
+                                     if r.interrupted else ""))
         print(f"rate         {_rate_text(r.payload_kbps, r.fec_kbps, r.auth_kbps)}; "
               f"packets {r.packet_kbps:.2f} kbps; RTP/UDP/IPv4 would add "
               f"{r.rtp_udp_ipv4_kbps:.2f} kbps")

@@ -45,6 +45,8 @@ class CodecConfig:
     output_delay: int = 320
     # The head accumulates a predicted per-bin phase advance across frames (see ISTFTHead).
     phase_advance: bool = False
+    # An explicit pitch path in the decoder (see layers.HarmonicSource).
+    harmonic: bool = False
 
     def __post_init__(self) -> None:
         if self.frame_size % 2:
@@ -134,6 +136,15 @@ class TrainConfig:
     # the spacing of voice harmonics, so a mel loss alone lets the decoder smear them.
     stft_weight: float = 1.0
     stft_windows: tuple[int, ...] = (512, 1024, 2048)
+    # Weight of the decoded f0's error (octaves, voiced frames) against a pitch tracker's, for
+    # a model with the harmonic path (`CodecConfig.harmonic`).
+    pitch_weight: float = 1.0
+    # A new (silent) harmonic path's gate is held at zero for the first `harmonic_warmup` steps,
+    # while the f0 projection learns, then set to `harmonic_gate` for all bins. Left at zero it
+    # would stay there: against a spectrum that is mostly noise, adding a pulse train of random
+    # phase changes the magnitude only to second order, so the gate's gradient averages out.
+    harmonic_warmup: int = 500
+    harmonic_gate: float = 0.2
     # Weight and STFT window of `PhaseLoss` (instantaneous-frequency and group-delay error).
     phase_weight: float = 0.0
     phase_window: int = 512

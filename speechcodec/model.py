@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .config import CodecConfig
-from .layers import CausalConv1d, ConvNeXtBlock, ISTFTHead, layer_scale_for
+from .layers import CausalConv1d, ConvNeXtBlock, HarmonicSource, ISTFTHead, layer_scale_for
 from .quantizer import QuantizedResult, ResidualVQ
 
 
@@ -59,8 +59,16 @@ class Decoder(nn.Module):
             for _ in range(cfg.decoder_blocks_high))
         self.norm = nn.LayerNorm(w)
         self.head = ISTFTHead(w, cfg.n_fft, cfg.hop, cfg.phase_advance)
+        self.harmonic = (HarmonicSource(w, cfg.n_fft, cfg.hop, cfg.sample_rate)
+                         if cfg.harmonic else None)
 
     def forward(self, z: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        return self.synthesize(z, cache)[0]
+
+    def synthesize(self, z: torch.Tensor, cache: dict | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Like `forward`, also returning the decoded f0 `[B, 2 * F]` (None without the
+        harmonic path)."""
         x = self.proj(z)
         for block in self.low:
             x = block(x, cache)
@@ -68,7 +76,12 @@ class Decoder(nn.Module):
         for block in self.high:
             x = block(x, cache)
         x = self.norm(x.transpose(1, 2)).transpose(1, 2)
-        return self.head(x, cache)
+        spec = self.head.spectrum(x, cache)
+        f0 = None
+        if self.harmonic is not None:
+            voiced, f0 = self.harmonic(x, cache)
+            spec = spec + voiced
+        return self.head.synthesize(spec, cache), f0
 
 
 @dataclass(frozen=True)
@@ -122,8 +135,10 @@ class Codec(nn.Module):
 
     # -- whole-signal API ---------------------------------------------------------------------
     def forward(self, wav: torch.Tensor, num_codebooks: torch.Tensor | int | None = None,
-                bypass: torch.Tensor | None = None) -> tuple[torch.Tensor, QuantizedResult]:
-        """Training pass: `wav [B, T]` -> (reconstruction `[B, T]` delayed, quantizer result).
+                bypass: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, QuantizedResult, torch.Tensor | None]:
+        """Training pass: `wav [B, T]` -> (reconstruction `[B, T]` delayed, quantizer result,
+        decoded f0 `[B, 2 * F]` or None).
 
         `bypass [B]` (bool) sends those examples' continuous latents to the decoder unquantized.
         Without it, latent directions the codebooks do not yet resolve reach the decoder only as
@@ -135,7 +150,8 @@ class Codec(nn.Module):
         zq = q.quantized
         if bypass is not None:
             zq = torch.where(bypass[:, None, None], z, zq)
-        return self.decoder(zq), q
+        recon, f0 = self.decoder.synthesize(zq)
+        return recon, q, f0
 
     @torch.no_grad()
     def encode(self, wav: torch.Tensor, num_codebooks: int) -> torch.Tensor:

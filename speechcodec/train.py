@@ -26,6 +26,7 @@ from .audio import AudioError, load_audio
 from .config import CodecConfig, TrainConfig
 from .metrics import mel_filterbank
 from .model import Codec
+from .pitch import pitch_loss, track_pitch
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -286,6 +287,16 @@ def level_loss(ref: torch.Tensor, est: torch.Tensor, frame: int = 320) -> torch.
     return F.l1_loss(db(est), db(ref))
 
 
+def pitch_targets(wav: torch.Tensor, frames: int, codec: Codec
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tracked f0 and voicing `[B, frames]` of the input under each of the decoder's
+    `frames` head frames: frame j spans output samples `[j * hop, j * hop + n_fft)`, which
+    reproduce the input `output_delay` samples earlier."""
+    cfg = codec.cfg
+    centres = torch.arange(frames) * cfg.hop + cfg.n_fft // 2 - cfg.output_delay
+    return track_pitch(wav, centres, cfg.sample_rate)
+
+
 def reconstruction_loss(model: torch.nn.Module, delay: int, mel_loss: MelLoss, wav: torch.Tensor,
                         num_codebooks: torch.Tensor, tc: TrainConfig,
                         bypass: torch.Tensor | None = None,
@@ -297,7 +308,7 @@ def reconstruction_loss(model: torch.nn.Module, delay: int, mel_loss: MelLoss, w
 
     `model` is the Codec or its DistributedDataParallel wrapper (which syncs the gradients).
     """
-    recon, q = model(wav, num_codebooks, bypass)
+    recon, q, f0 = model(wav, num_codebooks, bypass)
     d = delay
     ref = wav[:, : wav.shape[1] - d]
     est = recon[:, d:]
@@ -305,6 +316,10 @@ def reconstruction_loss(model: torch.nn.Module, delay: int, mel_loss: MelLoss, w
     loss = tc.mel_log_weight * mel_log + tc.mel_linear_weight * mel_lin + (
         tc.commit_weight * q.commit_loss)
     parts = {"mel_log": mel_log.item(), "mel_lin": mel_lin.item(), "commit": q.commit_loss.item()}
+    if f0 is not None:
+        pitch = pitch_loss(f0, *pitch_targets(wav, f0.shape[1], getattr(model, "module", model)))
+        loss = loss + tc.pitch_weight * pitch
+        parts["pitch"] = pitch.item()
     if q.latent_loss is not None and tc.latent_weight > 0:
         loss = loss + tc.latent_weight * q.latent_loss
         parts["latent"] = q.latent_loss.item()
@@ -522,7 +537,15 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
     codec.train()
     step = start_step
     running = {}
+    # A harmonic path that is still silent (new, or resumed inside its warm-up) gets its
+    # warm-up; one that a warm start or resume brought in trained keeps its gate.
+    harmonic = codec.decoder.harmonic
+    if harmonic is not None and bool(harmonic.gate.any()):
+        harmonic = None
     while step < tc.steps:
+        if harmonic is not None and step == tc.harmonic_warmup:
+            with torch.no_grad():
+                harmonic.gate.fill_(tc.harmonic_gate)
         wav = sampler.batch(tc.batch_size // world if distributed else tc.batch_size)
         n_q = choices[torch.randint(len(choices), (wav.shape[0],), generator=gen)]
         bypass = torch.rand(wav.shape[0], generator=gen) < tc.bypass_prob
@@ -531,6 +554,8 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
                                           phase_loss, adversary)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if harmonic is not None and step < tc.harmonic_warmup:
+            harmonic.gate.grad = None  # held silent (no update, no weight decay)
         gnorm = torch.nn.utils.clip_grad_norm_(codec.parameters(), tc.grad_clip)
         opt.step()
         sched.step()
@@ -628,7 +653,8 @@ def _warm_start(codec: Codec, init: str) -> None:
 
 def _grow_head(src_state: dict, own: dict) -> dict:
     """A head without phase advance, loaded into one with it: its magnitude and phase rows are
-    copied and the new advance rows start at zero, so the warm-started model first sounds
+    copied and the new advance rows start at zero; a decoder without the harmonic path, loaded
+    into one with it: the path starts silent. Either way the warm-started model first sounds
     exactly like its source."""
     out = dict(src_state)
     for k in ("decoder.head.proj.weight", "decoder.head.proj.bias"):
@@ -639,6 +665,18 @@ def _grow_head(src_state: dict, own: dict) -> dict:
             grown = torch.zeros_like(dst)
             grown[: src.shape[0]] = src.float()
             out[k] = grown
+    if "decoder.harmonic.gate" in own and "decoder.harmonic.gate" not in src_state:
+        # A new pitch path: silent (gate 0), its envelope starting as the head's magnitude
+        # rows rescaled from a windowed spectrum's peak (n_fft / 4 per unit amplitude) to a
+        # harmonic's amplitude, and its f0 projection fresh.
+        bins = own["decoder.harmonic.gate"].shape[0]
+        scale = math.log((bins - 1) / 2)  # n_fft / 4
+        for k, v in own.items():
+            if k.startswith("decoder.harmonic."):
+                out[k] = v.clone()
+        out["decoder.harmonic.proj.weight"] = src_state["decoder.head.proj.weight"][:bins].float()
+        out["decoder.harmonic.proj.bias"] = (
+            src_state["decoder.head.proj.bias"][:bins].float() - scale)
     return out
 
 

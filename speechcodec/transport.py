@@ -303,6 +303,7 @@ class SendResult:
     realtime: bool
     authenticated: bool = False
     auth_kbps: float = 0.0  # the authentication tags (included in packet_kbps)
+    interrupted: bool = False  # stopped early by Ctrl-C / SIGTERM (END still sent)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -317,7 +318,8 @@ def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int]
 
     In real time (the default) packet ``p`` leaves when its last frame would have been
     captured by a microphone; ``fast`` sends as soon as each packet is encoded. With ``key``
-    every packet carries an authentication tag.
+    every packet carries an authentication tag. A KeyboardInterrupt hangs up: END is sent for
+    the frames already sent, and the result says ``interrupted``.
     """
     import torch
 
@@ -336,47 +338,59 @@ def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int]
     encoder = codec.stream_encoder(num_codebooks)
     host, port = to
     sock = _udp_socket()
-    sent = nbytes = payload_bits = fec_bits = 0
+    sent = nbytes = payload_bits = fec_bits = sent_frames = 0
+    interrupted = False
     start = time.monotonic()
     try:
         done = 0
-        while done < frames:
-            step = min(frames_per_packet, frames - done)
-            chunk = torch.from_numpy(padded[done * cfg.frame_size:(done + step) * cfg.frame_size])
-            codes = encoder.push(chunk[None])[0].numpy()
-            done += step
-            packets = packetizer.push(codes)
-            if done == frames:
-                packets += packetizer.flush()
-            if not fast:
-                wait = start + done * dur - time.monotonic()
-                if wait > 0:
-                    sleep(wait)
-            for p in packets:
-                data = serialize_packet(p, key)
-                sock.sendto(data, (host, port))
-                sent += 1
-                nbytes += len(data)
-                payload_bits += p.num_codebooks * p.num_frames * cfg.bits_per_code
-                fec_bits += p.fec_codebooks * p.num_frames * cfg.bits_per_code
-        end = serialize_packet(packetizer.end(n, original_sample_rate or cfg.sample_rate,
-                                              n if original_num_samples is None
-                                              else original_num_samples), key)
+        try:
+            while done < frames:
+                step = min(frames_per_packet, frames - done)
+                chunk = torch.from_numpy(
+                    padded[done * cfg.frame_size:(done + step) * cfg.frame_size])
+                codes = encoder.push(chunk[None])[0].numpy()
+                done += step
+                packets = packetizer.push(codes)
+                if done == frames:
+                    packets += packetizer.flush()
+                if not fast:
+                    wait = start + done * dur - time.monotonic()
+                    if wait > 0:
+                        sleep(wait)
+                for p in packets:
+                    data = serialize_packet(p, key)
+                    sock.sendto(data, (host, port))
+                    sent += 1
+                    sent_frames += p.num_frames
+                    nbytes += len(data)
+                    payload_bits += p.num_codebooks * p.num_frames * cfg.bits_per_code
+                    fec_bits += p.fec_codebooks * p.num_frames * cfg.bits_per_code
+        except KeyboardInterrupt:
+            # Hang up properly: END announces only what was sent (and the same share of the
+            # original file), so the receiver ends the call now and writes that length.
+            interrupted = True
+        length = min(n, sent_frames * cfg.frame_size)
+        original = n if original_num_samples is None else original_num_samples
+        if length < n:
+            original = round(original * length / n)
+        end = serialize_packet(packetizer.end(length, original_sample_rate or cfg.sample_rate,
+                                              original), key)
         for i in range(END_REPEATS):
             if i and not fast:
                 sleep(dur)
             sock.sendto(end, (host, port))
     finally:
         sock.close()
-    seconds = frames * dur
+    seconds = max(sent_frames, 1) * dur
     return SendResult(
-        to=f"{host}:{port}", duration_s=n / cfg.sample_rate, num_codebooks=num_codebooks,
+        to=f"{host}:{port}", duration_s=length / cfg.sample_rate, num_codebooks=num_codebooks,
         fec_codebooks=fec_codebooks, frames_per_packet=frames_per_packet, packets_sent=sent,
         bytes_sent=nbytes, payload_kbps=payload_bits / seconds / 1000,
         fec_kbps=fec_bits / seconds / 1000, packet_kbps=nbytes * 8 / seconds / 1000,
         rtp_udp_ipv4_kbps=sent * RTP_UDP_IPV4_BYTES * 8 / seconds / 1000,
         wall_s=time.monotonic() - start, realtime=not fast, authenticated=key is not None,
-        auth_kbps=sent * TAG_SIZE * 8 / seconds / 1000 if key is not None else 0.0)
+        auth_kbps=sent * TAG_SIZE * 8 / seconds / 1000 if key is not None else 0.0,
+        interrupted=interrupted)
 
 
 # --------------------------------------------------------------------------------------------

@@ -174,7 +174,8 @@ def test_level_loss_measures_frame_level_in_log10_units():
 def test_warm_start_from_a_release_keeps_its_codebooks_and_sound(tmp_path):
     """A release holds no EMA statistics; warm-starting from it must still copy the codebooks
     (it once restarted the quantizer from scratch), and a head that gains phase-advance rows
-    starts with them at zero, so the new model first decodes exactly like its source."""
+    starts with them at zero, and a new harmonic path starts silent, so the new model first
+    decodes exactly like its source."""
     import dataclasses
 
     from speechcodec.model import Codec
@@ -186,7 +187,8 @@ def test_warm_start_from_a_release_keeps_its_codebooks_and_sound(tmp_path):
     src.save_release(path, "src")
     src = load_codec(str(path))
     x = torch.randn(1, 320 * 8) * 0.1
-    for cfg in (TINY, dataclasses.replace(TINY, phase_advance=True)):
+    for cfg in (TINY, dataclasses.replace(TINY, phase_advance=True),
+                dataclasses.replace(TINY, harmonic=True)):
         codec = Codec(cfg)
         _warm_start(codec, str(path))
         codec.eval()
@@ -292,3 +294,48 @@ def test_discriminator_losses():
     # Feature matching: zero for the same audio, positive for different audio.
     assert feature_matching_loss(out, out).item() == 0.0
     assert feature_matching_loss(out, disc(x * 0.5)).item() > 0.1
+
+
+def test_harmonic_path_trains_its_pitch_from_tracked_targets(tmp_path):
+    """With the harmonic path, the pitch error against the tracker joins the loss (and the log),
+    and a few steps on a voiced sample bring it down; in a run the path's gate waits at zero
+    for its warm-up."""
+    import dataclasses
+
+    from speechcodec.model import Codec
+    from speechcodec.train import MelLoss, pitch_targets, reconstruction_loss
+
+    torch.manual_seed(0)
+    codec = Codec(dataclasses.replace(TINY, harmonic=True)).train()
+    t = torch.arange(16000) / 16000
+    phase = 2 * torch.pi * torch.cumsum(140 + 40 * t, 0) / 16000
+    wav = 0.2 * sum(torch.sin(k * phase) / k for k in range(1, 15))[None].repeat(2, 1)
+    target, voiced = pitch_targets(wav, 100, codec)
+    assert voiced[:, 5:].all() and not voiced[:, 0].any()  # the first frames precede the input
+    assert torch.allclose(target[:, 50], torch.tensor(140 + 40 * (50 * 160 - 80) / 16000),
+                          rtol=0.01)
+    tc = TrainConfig(mel_windows=(128, 512), stft_weight=0.0, pitch_weight=10.0)
+    opt = torch.optim.Adam(codec.parameters(), lr=3e-3)
+    mel = MelLoss(16000, tc.mel_windows)
+    errors = []
+    for _ in range(30):
+        loss, parts = reconstruction_loss(codec, codec.cfg.output_delay, mel, wav,
+                                          torch.tensor([12, 12]), tc)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        errors.append(parts["pitch"])
+    assert errors[-1] < 0.5 * errors[0]
+
+    # In a run, the new path stays silent through its warm-up, then its gate is switched on.
+    cfg = dataclasses.replace(TINY, harmonic=True)
+    for warmup, gate in ((500, 0.0), (1, 0.2)):
+        log = tmp_path / f"run{warmup}"
+        tc = dataclasses.replace(_tc(3), harmonic_warmup=warmup, harmonic_gate=gate or 0.2)
+        ckpt = train(str(SAMPLES), str(log), cfg=cfg, tc=tc, progress=False)
+        with open(log / "log.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 3 and all(float(r["pitch"]) >= 0 for r in rows)
+        trained = torch.load(ckpt, weights_only=False)["model"]["decoder.harmonic.gate"]
+        assert torch.allclose(trained, torch.full_like(trained, gate), atol=0.01)
+        assert bool(trained.any()) == bool(gate)

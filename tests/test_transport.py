@@ -186,6 +186,44 @@ def test_interrupted_receiver_keeps_what_arrived(model_file, tiny_codec, speech,
     assert len(y) == got["num_samples"] == got["stats"]["frames_played"] * 320 - 320
 
 
+def test_interrupted_sender_hangs_up_and_the_receiver_keeps_what_was_sent(model_file, speech,
+                                                                          tmp_path):
+    """Ctrl-C on a real-time `send` (started as a background job, SIGINT ignored) still sends
+    END for the frames already sent: the receiver ends the call at once ("end", not a timeout)
+    and writes exactly that much audio."""
+    talk = tmp_path / "long.wav"
+    sf.write(talk, np.tile(speech, 6), 16000, subtype="PCM_16")  # about 8 s
+    port = free_port()
+    out = tmp_path / "cut.wav"
+    rx = start("receive", str(out), "--listen", f"127.0.0.1:{port}", "--model",
+               str(model_file), "--playout-delay", "60ms", "--wait", "90", "--timeout", "90",
+               "--json")  # a timeout cannot end it in time: only END can
+    tx = None
+    try:
+        wait_for(rx, "listening")
+        tx = start("send", str(talk), "--to", f"127.0.0.1:{port}", "--model", str(model_file),
+                   "--kbps", "3", "--json")
+        deadline = time.monotonic() + 60
+        while (not out.exists() or out.stat().st_size < 44 + 2 * 16000) and \
+                time.monotonic() < deadline:  # a second of audio has arrived
+            time.sleep(0.05)
+        tx.send_signal(signal.SIGINT)
+        tx_out, tx_err = tx.communicate(timeout=30)
+        rx_out, rx_err = rx.communicate(timeout=30)
+    finally:
+        for p in (rx, tx):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert tx.returncode == 0, tx_err
+    assert rx.returncode == 0, rx_err
+    sent, got = json.loads(tx_out), json.loads(rx_out)
+    assert sent["interrupted"] and 1.0 <= sent["duration_s"] < 7.0
+    assert sent["duration_s"] * 16000 == sent["packets_sent"] * 320
+    assert got["stopped_by"] == "end" and got["packets_sent"] == sent["packets_sent"]
+    y, rate = sf.read(out)
+    assert rate == 16000 and len(y) == got["num_samples"] == sent["packets_sent"] * 320
+
+
 def test_wav_writer_is_valid_after_every_write(tmp_path):
     path = tmp_path / "live.wav"
     w = WavWriter(path, 16000)
