@@ -271,3 +271,6 @@ def test_format_comparison(tiny_codec, clip):
     assert "lossless" in lines[0] and "10% bursty" in lines[0]
     assert any(line.startswith("packets lost") and "0/" in line for line in lines)
     assert len({len(line) for line in lines}) <= 2
+    # The lossless column is the clean decode itself; the lossy one is measured against it.
+    snr = next(line for line in lines if line.startswith("SNR vs clean")).split()
+    assert snr[-2] == "same" and float(snr[-1]) < 60
