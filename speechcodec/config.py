@@ -139,12 +139,12 @@ class TrainConfig:
     # Weight of the decoded f0's error (octaves, voiced frames) against a pitch tracker's, for
     # a model with the harmonic path (`CodecConfig.harmonic`).
     pitch_weight: float = 1.0
-    # A new (silent) harmonic path's gate is held at zero for the first `harmonic_warmup` steps,
-    # while the f0 projection learns, then set to `harmonic_gate` for all bins. Left at zero it
-    # would stay there: against a spectrum that is mostly noise, adding a pulse train of random
-    # phase changes the magnitude only to second order, so the gate's gradient averages out.
+    # A new harmonic path's gate is held at zero (the path changes nothing) for the first
+    # `harmonic_warmup` steps, while its f0 projection learns from the tracker, then set to
+    # `harmonic_gate` for all bins: mixing in pulse trains of a still random f0 would only
+    # teach the voicing to stay shut.
     harmonic_warmup: int = 500
-    harmonic_gate: float = 0.2
+    harmonic_gate: float = 1.0
     # Weight and STFT window of `PhaseLoss` (instantaneous-frequency and group-delay error).
     phase_weight: float = 0.0
     phase_window: int = 512

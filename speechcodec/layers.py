@@ -137,18 +137,26 @@ class ISTFTHead(nn.Module):
 
 
 class HarmonicSource(nn.Module):
-    """An explicit pitch path: a decoded f0 drives a band-limited pulse train, whose spectrum,
-    shaped by a decoded envelope, is added to the head's spectrum.
+    """An explicit pitch path: a decoded f0 drives a band-limited pulse train, and a decoded
+    per-bin voicing mixes its spectrum into the head's.
 
-    `[B, C, J]` features -> (complex spectra `[B, bins, J]` in the head's frames, f0 `[B, J]` Hz).
-    Frame j of the pulse train holds the f0 of frame j for its whole `n_fft` window, and starts at
+    `mix(x, spec)`: features `[B, C, J]` and the head's spectra `[B, bins, J]` -> (mixed spectra,
+    f0 `[B, J]` in Hz). Per bin, with voicing v in [0, 1] and A the head's magnitude:
+    `(1 - v) * spec + v * c * A * P`, where P is the pulse train's spectrum scaled to unit RMS
+    over the bins and c a learned per-bin level. So a voiced bin keeps the head's envelope but
+    takes its fine structure (harmonic peaks and troughs) and its phase from the pulse train.
+    Mixing rather than adding matters: a pulse train added to a noisy spectrum at random phase
+    changes its magnitude only to second order, so the gradient never finds it; turning v up
+    carves the troughs at once.
+
+    Frame j of the pulse train holds the f0 of frame j for its whole `n_fft` window and starts at
     the phase where frame j - 1's would be one hop later; that running phase is streaming state,
     so a voiced harmonic stays coherent across frames by construction, which a per-frame phase
     prediction under magnitude losses does not learn (it draws noise above about 1 kHz instead).
     f0 is learned from a pitch tracker's targets (`pitch.track_pitch`), not through the
-    oscillator, whose gradient with respect to frequency is useless; the envelope and the
-    per-bin `gate` learn from the spectral losses. With `gate` at zero the path is silent, so a
-    model without it can be grown into one with it and first sounds exactly the same.
+    oscillator, whose gradient with respect to frequency is useless. v is `gate` (per bin) times
+    a sigmoid of the features; with `gate` at zero the path changes nothing, so a model without
+    it can be grown into one with it and first sounds exactly the same.
     """
 
     def __init__(self, dim: int, n_fft: int, hop: int, sample_rate: int,
@@ -160,10 +168,12 @@ class HarmonicSource(nn.Module):
         self.f0_min, self.f0_max = f0_range
         bins = n_fft // 2 + 1
         self.pitch = nn.Conv1d(dim, 1, 1)
-        self.proj = nn.Conv1d(dim, bins, 1)
+        self.voicing = nn.Conv1d(dim, bins, 1)
+        nn.init.constant_(self.voicing.bias, -2.0)  # v about 0.12 once the gate opens
+        self.level = nn.Parameter(torch.zeros(bins))  # log c
         self.gate = nn.Parameter(torch.zeros(bins))
-        # The analysis window that `ISTFTHead.synthesize` inverts: with envelope 1 and gate 1
-        # the path adds the unit-amplitude pulse train itself.
+        # The analysis window that `ISTFTHead.synthesize` inverts: unscaled, the spectra are
+        # those of the pulse train itself.
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True),
                              persistent=False)
 
@@ -197,11 +207,14 @@ class HarmonicSource(nn.Module):
                              / (2 * torch.where(small, torch.ones_like(half), half)) - 0.5)
         return torch.fft.rfft(pulses.float() * self.window, dim=-1).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def mix(self, x: torch.Tensor, spec: torch.Tensor, cache: dict | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
         f0 = self.f0(x)
-        envelope = torch.exp(self.proj(x).float().clamp(max=8.0)) * self.gate[:, None]
-        return envelope * self.excitation(f0, cache), f0
+        pulses = self.excitation(f0, cache)
+        pulses = pulses / pulses.abs().pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-6)
+        v = self.gate[:, None] * torch.sigmoid(self.voicing(x).float())
+        voiced = spec.abs() * torch.exp(self.level)[:, None] * pulses
+        return spec + v * (voiced - spec), f0
 
 
 def layer_scale_for(num_blocks: int) -> float:

@@ -79,8 +79,7 @@ class Decoder(nn.Module):
         spec = self.head.spectrum(x, cache)
         f0 = None
         if self.harmonic is not None:
-            voiced, f0 = self.harmonic(x, cache)
-            spec = spec + voiced
+            spec, f0 = self.harmonic.mix(x, spec, cache)
         return self.head.synthesize(spec, cache), f0
 
 

@@ -666,17 +666,8 @@ def _grow_head(src_state: dict, own: dict) -> dict:
             grown[: src.shape[0]] = src.float()
             out[k] = grown
     if "decoder.harmonic.gate" in own and "decoder.harmonic.gate" not in src_state:
-        # A new pitch path: silent (gate 0), its envelope starting as the head's magnitude
-        # rows rescaled from a windowed spectrum's peak (n_fft / 4 per unit amplitude) to a
-        # harmonic's amplitude, and its f0 projection fresh.
-        bins = own["decoder.harmonic.gate"].shape[0]
-        scale = math.log((bins - 1) / 2)  # n_fft / 4
-        for k, v in own.items():
-            if k.startswith("decoder.harmonic."):
-                out[k] = v.clone()
-        out["decoder.harmonic.proj.weight"] = src_state["decoder.head.proj.weight"][:bins].float()
-        out["decoder.harmonic.proj.bias"] = (
-            src_state["decoder.head.proj.bias"][:bins].float() - scale)
+        # A new pitch path: as initialised, with its gate at zero (changing nothing).
+        out.update({k: v.clone() for k, v in own.items() if k.startswith("decoder.harmonic.")})
     return out
 
 

@@ -329,9 +329,9 @@ def test_harmonic_path_trains_its_pitch_from_tracked_targets(tmp_path):
 
     # In a run, the new path stays silent through its warm-up, then its gate is switched on.
     cfg = dataclasses.replace(TINY, harmonic=True)
-    for warmup, gate in ((500, 0.0), (1, 0.2)):
+    for warmup, gate in ((500, 0.0), (1, 0.7)):
         log = tmp_path / f"run{warmup}"
-        tc = dataclasses.replace(_tc(3), harmonic_warmup=warmup, harmonic_gate=gate or 0.2)
+        tc = dataclasses.replace(_tc(3), harmonic_warmup=warmup, harmonic_gate=gate or 0.7)
         ckpt = train(str(SAMPLES), str(log), cfg=cfg, tc=tc, progress=False)
         with open(log / "log.csv") as f:
             rows = list(csv.DictReader(f))
