@@ -52,10 +52,12 @@ from .packet import (
     MIN_KEY_BYTES,
     RTP_UDP_IPV4_BYTES,
     TAG_SIZE,
+    TS_BITS,
     check_key,
     crc16,
     is_end_packet,
     nominal_rates,
+    seq_add,
     serialize_packet,
 )
 
@@ -340,6 +342,7 @@ def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int]
     sock = _udp_socket()
     sent = nbytes = payload_bits = fec_bits = sent_frames = 0
     interrupted = False
+    after_last_sent = (packetizer.seq, packetizer.timestamp)
     start = time.monotonic()
     try:
         done = 0
@@ -362,6 +365,8 @@ def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int]
                     sock.sendto(data, (host, port))
                     sent += 1
                     sent_frames += p.num_frames
+                    after_last_sent = (seq_add(p.seq, 1), seq_add(
+                        p.timestamp, p.num_frames * cfg.frame_size, TS_BITS))
                     nbytes += len(data)
                     payload_bits += p.num_codebooks * p.num_frames * cfg.bits_per_code
                     fec_bits += p.fec_codebooks * p.num_frames * cfg.bits_per_code
@@ -369,6 +374,8 @@ def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int]
             # Hang up properly: END announces only what was sent (and the same share of the
             # original file), so the receiver ends the call now and writes that length.
             interrupted = True
+            # Packets made but not sent are not announced: END follows the last one sent.
+            packetizer.seq, packetizer.timestamp = after_last_sent
         length = min(n, sent_frames * cfg.frame_size)
         original = n if original_num_samples is None else original_num_samples
         if length < n:

@@ -219,7 +219,9 @@ def test_interrupted_sender_hangs_up_and_the_receiver_keeps_what_was_sent(model_
     sent, got = json.loads(tx_out), json.loads(rx_out)
     assert sent["interrupted"] and 1.0 <= sent["duration_s"] < 7.0
     assert sent["duration_s"] * 16000 == sent["packets_sent"] * 320
+    # END counts only the packets sent (one made but not yet sent is not announced).
     assert got["stopped_by"] == "end" and got["packets_sent"] == sent["packets_sent"]
+    assert got["packets_lost"] == 0
     y, rate = sf.read(out)
     assert rate == 16000 and len(y) == got["num_samples"] == sent["packets_sent"] * 320
 
