@@ -36,6 +36,7 @@ import heapq
 import math
 import os
 import select
+import signal
 import socket
 import struct
 import sys
@@ -560,6 +561,35 @@ def relay_udp(listen: tuple[str, int], to: tuple[str, int], channel: Channel | N
 # --------------------------------------------------------------------------------------------
 
 
+class _interrupts_deferred:
+    """Hold SIGINT and SIGTERM over a block and raise KeyboardInterrupt after it, if one came.
+
+    A Ctrl-C that lands between counting frames as played and writing them would otherwise lose
+    them from the file. Only Python handlers are held (a signal set to be ignored stays
+    ignored); outside the main thread, where handlers cannot be set, it does nothing.
+    """
+
+    def __enter__(self):
+        self.caught = False
+        self.previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if callable(signal.getsignal(sig)):  # ignored or default stays so
+                    self.previous[sig] = signal.signal(sig, self._hold)
+        except ValueError:  # not the main thread
+            self.previous = {}
+        return self
+
+    def _hold(self, signum, frame) -> None:
+        self.caught = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        if self.caught and exc[0] is None:
+            raise KeyboardInterrupt
+
+
 @dataclass
 class ReceiveResult:
     """What the receiver got and wrote."""
@@ -655,7 +685,8 @@ def receive_udp(codec, listen: tuple[str, int], output: str | os.PathLike, *,
             if rx.end is not None:
                 break  # the sender is done and the relay has flushed: play the rest at once
             now = time.monotonic()
-            writer.write(dec.push(rx.play_due(now)))
+            with _interrupts_deferred():  # frames counted as played are also written
+                writer.write(dec.push(rx.play_due(now)))
             limit = (start + wait if wait is not None else math.inf) if last is None \
                 else last + timeout
             if now >= limit:
