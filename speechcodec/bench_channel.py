@@ -240,6 +240,9 @@ def format_table(summary: dict) -> str:
             note += (f"; Opus under the same loss scores {cond['Opus']['pesq_wb'][i10]:.2f} "
                      f"against our {f[i10]:.2f}")
         lines.append(note + ".")
+    if "Opus" not in cond:
+        lines.append("Opus: not measured, libopus was not found (Debian: libopus0; "
+                     "scripts/install_baselines installs it).")
     return "\n".join(lines)
 
 

@@ -157,6 +157,10 @@ def test_channel_benchmark_on_a_small_clip(tiny_codec, talk):
     assert len({s["conditions"][n]["stoi"][0] for n in names}) == 1
     table = format_table(s)
     assert "| concealment + FEC |" in table and "20% loss" in table
+    # Without libopus the table says so rather than silently dropping the row.
+    assert ("not measured" in table) != opus.available()
+    s["conditions"].pop("Opus", None)
+    assert "Opus: not measured" in format_table(s)
 
 
 def test_channel_benchmark_in_worker_processes(model_file, talk):
