@@ -540,12 +540,11 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
     # A harmonic path that is still silent (new, or resumed inside its warm-up) gets its
     # warm-up; one that a warm start or resume brought in trained keeps its gate.
     harmonic = codec.decoder.harmonic
-    if harmonic is not None and bool(harmonic.gate.any()):
-        harmonic = None
+    warming = harmonic if harmonic is not None and not harmonic.gate.any() else None
     while step < tc.steps:
-        if harmonic is not None and step == tc.harmonic_warmup:
+        if warming is not None and step == tc.harmonic_warmup:
             with torch.no_grad():
-                harmonic.gate.fill_(tc.harmonic_gate)
+                warming.gate.fill_(tc.harmonic_gate)
         wav = sampler.batch(tc.batch_size // world if distributed else tc.batch_size)
         n_q = choices[torch.randint(len(choices), (wav.shape[0],), generator=gen)]
         bypass = torch.rand(wav.shape[0], generator=gen) < tc.bypass_prob
@@ -554,8 +553,8 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
                                           phase_loss, adversary)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if harmonic is not None and step < tc.harmonic_warmup:
-            harmonic.gate.grad = None  # held silent (no update, no weight decay)
+        if warming is not None and step < tc.harmonic_warmup:
+            warming.gate.grad = None  # held silent (no update, no weight decay)
         gnorm = torch.nn.utils.clip_grad_norm_(codec.parameters(), tc.grad_clip)
         opt.step()
         sched.step()

@@ -372,10 +372,10 @@ def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int]
                     payload_bits += p.num_codebooks * p.num_frames * cfg.bits_per_code
                     fec_bits += p.fec_codebooks * p.num_frames * cfg.bits_per_code
         except KeyboardInterrupt:
-            # Hang up properly: END announces only what was sent (and the same share of the
-            # original file), so the receiver ends the call now and writes that length.
+            # Hang up properly: END follows the last packet sent (one made but not sent is not
+            # announced) and gives only what was sent (and the same share of the original
+            # file), so the receiver ends the call now and writes that length.
             interrupted = True
-            # Packets made but not sent are not announced: END follows the last one sent.
             packetizer.seq, packetizer.timestamp = after_last_sent
         length = min(n, sent_frames * cfg.frame_size)
         original = n if original_num_samples is None else original_num_samples

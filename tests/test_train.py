@@ -331,7 +331,7 @@ def test_harmonic_path_trains_its_pitch_from_tracked_targets(tmp_path):
     cfg = dataclasses.replace(TINY, harmonic=True)
     for warmup, gate in ((500, 0.0), (1, 0.7)):
         log = tmp_path / f"run{warmup}"
-        tc = dataclasses.replace(_tc(3), harmonic_warmup=warmup, harmonic_gate=gate or 0.7)
+        tc = dataclasses.replace(_tc(3), harmonic_warmup=warmup, harmonic_gate=0.7)
         ckpt = train(str(SAMPLES), str(log), cfg=cfg, tc=tc, progress=False)
         with open(log / "log.csv") as f:
             rows = list(csv.DictReader(f))
