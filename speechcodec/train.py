@@ -653,8 +653,9 @@ def _warm_start(codec: Codec, init: str) -> None:
 def _grow_head(src_state: dict, own: dict) -> dict:
     """A head without phase advance, loaded into one with it: its magnitude and phase rows are
     copied and the new advance rows start at zero; a decoder without the harmonic path, loaded
-    into one with it: the path starts silent. Either way the warm-started model first sounds
-    exactly like its source."""
+    into one with it: the path starts silent; a decoder with fewer blocks per stage: the extra
+    blocks start as identities. Either way the warm-started model first sounds exactly like its
+    source."""
     out = dict(src_state)
     for k in ("decoder.head.proj.weight", "decoder.head.proj.bias"):
         src, dst = src_state.get(k), own.get(k)
@@ -667,6 +668,11 @@ def _grow_head(src_state: dict, own: dict) -> dict:
     if "decoder.harmonic.gate" in own and "decoder.harmonic.gate" not in src_state:
         # A new pitch path: as initialised, with its gate at zero (changing nothing).
         out.update({k: v.clone() for k, v in own.items() if k.startswith("decoder.harmonic.")})
+    # Extra decoder blocks (a deeper decoder than the source's): as initialised, with their
+    # layer scale at zero, so each starts as the identity on its residual path.
+    for k, v in own.items():
+        if k.startswith(("decoder.low.", "decoder.high.")) and k not in src_state:
+            out[k] = torch.zeros_like(v) if k.endswith(".gamma") else v.clone()
     return out
 
 

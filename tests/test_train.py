@@ -174,8 +174,8 @@ def test_level_loss_measures_frame_level_in_log10_units():
 def test_warm_start_from_a_release_keeps_its_codebooks_and_sound(tmp_path):
     """A release holds no EMA statistics; warm-starting from it must still copy the codebooks
     (it once restarted the quantizer from scratch), and a head that gains phase-advance rows
-    starts with them at zero, and a new harmonic path starts silent, so the new model first
-    decodes exactly like its source."""
+    starts with them at zero, a new harmonic path starts silent, and extra decoder blocks start
+    as identities, so the new model first decodes exactly like its source."""
     import dataclasses
 
     from speechcodec.model import Codec
@@ -188,7 +188,9 @@ def test_warm_start_from_a_release_keeps_its_codebooks_and_sound(tmp_path):
     src = load_codec(str(path))
     x = torch.randn(1, 320 * 8) * 0.1
     for cfg in (TINY, dataclasses.replace(TINY, phase_advance=True),
-                dataclasses.replace(TINY, harmonic=True)):
+                dataclasses.replace(TINY, harmonic=True),
+                dataclasses.replace(TINY, decoder_blocks_low=TINY.decoder_blocks_low + 1,
+                                    decoder_blocks_high=TINY.decoder_blocks_high + 2)):
         codec = Codec(cfg)
         _warm_start(codec, str(path))
         codec.eval()
