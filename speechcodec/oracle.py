@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["VARIANTS", "oracle_swaps", "oracle_on_files", "plot_oracle"]
+__all__ = ["VARIANTS", "oracle_on_files", "oracle_swaps", "plot_oracle"]
 
 #: The signals scored for each file: the decoded one, then one swap each.
 VARIANTS = ("decoded", "original phase", "original magnitude", "original envelope",
