@@ -669,10 +669,12 @@ def _grow_head(src_state: dict, own: dict) -> dict:
         # A new pitch path: as initialised, with its gate at zero (changing nothing).
         out.update({k: v.clone() for k, v in own.items() if k.startswith("decoder.harmonic.")})
     # Extra decoder blocks (a deeper decoder than the source's): as initialised, with their
-    # layer scale at zero, so each starts as the identity on its residual path.
+    # output layer at zero, so each starts as the identity on its residual path. (Not the
+    # layer scale: at zero it also zeroes the output layer's gradient, and the blocks stayed
+    # shut, their scale at 5e-4 after 3,000 steps.)
     for k, v in own.items():
         if k.startswith(("decoder.low.", "decoder.high.")) and k not in src_state:
-            out[k] = torch.zeros_like(v) if k.endswith(".gamma") else v.clone()
+            out[k] = torch.zeros_like(v) if ".pw2." in k else v.clone()
     return out
 
 
