@@ -272,8 +272,9 @@ def test_harmonic_path_streams_is_causal_and_draws_the_decoded_pitch(speech):
     out = torch.cat([dec.push(codes[..., f:f + 1]) for f in range(30)], -1)
     # The running phase integrates f0, and the upper harmonics multiply it, so the float32
     # rounding that lets the other tests' streams differ by 1e-6 accumulates here: the two
-    # stay within -60 dB of the peak (about -65 dB measured), not within 1e-5.
-    assert (out - whole).abs().max() < 1e-3 * whole.abs().max()
+    # stay within -50 dB of the peak (measured: about -65 dB on one machine, -57 dB on another,
+    # whose float32 kernels round differently), not within 1e-5.
+    assert (out - whole).abs().max() < 3e-3 * whole.abs().max()
     phase = dec.cache[harmonic]
     assert phase.dtype == torch.float64 and 0 <= float(phase.min()) < 2 * np.pi
 
