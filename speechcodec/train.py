@@ -627,7 +627,7 @@ def _warm_start(codec: Codec, init: str) -> None:
     blob = torch.load(path, map_location="cpu", weights_only=False)
     src_state = blob["model"] if "model" in blob else blob["state_dict"]
     own = codec.state_dict()
-    src_state = _grow_head(src_state, own)
+    src_state = _grow_decoder(src_state, own)
     copied = {k: v.float() if v.is_floating_point() else v for k, v in src_state.items()
               if k in own and own[k].shape == v.shape}
     ema = ("ema_count", "ema_sum", "initialised")  # training state, not in a release
@@ -650,7 +650,7 @@ def _warm_start(codec: Codec, init: str) -> None:
           "the quantizer starts fresh", file=sys.stderr)
 
 
-def _grow_head(src_state: dict, own: dict) -> dict:
+def _grow_decoder(src_state: dict, own: dict) -> dict:
     """A head without phase advance, loaded into one with it: its magnitude and phase rows are
     copied and the new advance rows start at zero; a decoder without the harmonic path, loaded
     into one with it: the path starts silent; a decoder with fewer blocks per stage: the extra

@@ -197,6 +197,14 @@ def test_warm_start_from_a_release_keeps_its_codebooks_and_sound(tmp_path):
         assert all(bool(layer.initialised) for layer in codec.quantizer.layers)
         assert torch.equal(codec.encode(x, 12), src.encode(x, 12))
         torch.testing.assert_close(codec.decode(src.encode(x, 12)), src.decode(src.encode(x, 12)))
+    # The grown blocks learn from the first step: their output layers get a gradient (a zero
+    # layer scale, tried first, zeroed it and the blocks stayed shut).
+    codec.train()
+    codec.decoder(codec.quantizer.decode(src.encode(x, 12))).pow(2).mean().backward()
+    for stage, n in (("low", TINY.decoder_blocks_low), ("high", TINY.decoder_blocks_high)):
+        grown = getattr(codec.decoder, stage)[n]
+        assert torch.count_nonzero(grown.pw2.weight) == 0
+        assert grown.pw2.weight.grad.abs().max() > 0
 
 
 def test_phase_loss_sees_phase_that_magnitude_losses_miss():
