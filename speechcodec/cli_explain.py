@@ -340,7 +340,9 @@ def cmd_oracle(args) -> int:
         raise UserError(str(e)) from None
     _, summary = oracle_on_files(codec, files, args.kbps, progress=sys.stderr.isatty())
     if not summary[0]["files"]:
-        raise UserError("no readable audio among the inputs")
+        frame_ms = 1000 * codec.decoder.head.n_fft / codec.cfg.sample_rate
+        raise UserError(f"no usable audio among the inputs (each must be readable and "
+                        f"{frame_ms:g} ms or longer)")
     title = (f"{codec.model_id} at {args.kbps:g} kbps, {summary[0]['files']} files:\n"
              "the decoded STFT with one part taken from the original")
     if plot is not None:

@@ -47,6 +47,8 @@ def oracle_swaps(ref: np.ndarray, dec: np.ndarray, n_fft: int = 480, hop: int = 
     n = len(ref)
     if len(dec) != n:
         raise ValueError(f"reference has {n} samples, decoded {len(dec)}")
+    if n < n_fft:
+        raise ValueError(f"{n} samples is shorter than one {n_fft}-point STFT frame")
     if not 0 < lifter < n_fft // 2:
         raise ValueError(f"lifter must be between 1 and {n_fft // 2 - 1}")
     window = torch.hann_window(n_fft, dtype=torch.float64)
@@ -94,6 +96,9 @@ def oracle_on_files(codec, files: list[Path], kbps: float, progress: bool = True
             x = load_audio(path, rate).samples
         except AudioError as e:
             print(f"skipping {e}", file=sys.stderr)
+            continue
+        if len(x) < head.n_fft:
+            print(f"skipping {path}: shorter than {1000 * head.n_fft / rate:g} ms", file=sys.stderr)
             continue
         y = roundtrip_samples(codec, x, k)
         for name, sig in oracle_swaps(x, y, head.n_fft, head.hop).items():

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from speechcodec.cli import main
 from speechcodec.oracle import VARIANTS, oracle_swaps
@@ -79,6 +80,8 @@ def test_oracle_rejects_mismatched_lengths_and_bad_lifter():
         oracle_swaps(x, x[:-1])
     with pytest.raises(ValueError, match="lifter"):
         oracle_swaps(x, x, lifter=0)
+    with pytest.raises(ValueError, match="shorter than one"):
+        oracle_swaps(x[:100], x[:100])
 
 
 def test_oracle_command_prints_every_variant_and_draws(tmp_path, capsys):
@@ -95,3 +98,8 @@ def test_oracle_command_prints_every_variant_and_draws(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["oracle", str(SAMPLE), "--kbps", "2.2"]) == 1
     assert "unsupported bitrate" in capsys.readouterr().err
+    short = tmp_path / "short.wav"
+    sf.write(short, np.zeros(100, dtype=np.float32), 16000)
+    assert main(["oracle", str(short)]) == 1
+    err = capsys.readouterr().err
+    assert "shorter than 30 ms" in err and "no usable audio" in err
