@@ -12,7 +12,15 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .cliutil import UserError, check_output, fmt, parse_kbps_list, print_json, print_table
+from .cliutil import (
+    UserError,
+    check_kbps,
+    check_output,
+    fmt,
+    parse_kbps_list,
+    print_json,
+    print_table,
+)
 from .config import CodecConfig, TrainConfig
 
 PROGRESS_MIN_SECONDS = 30.0  # show a progress bar for inputs longer than this
@@ -90,10 +98,7 @@ def cmd_encode(args) -> int:
 
     out = check_output(args.output, args.force)
     codec = _codec(args)
-    try:
-        codec.cfg.codebooks_for_kbps(args.kbps)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    check_kbps(codec, args.kbps)
     # Read, resample and encode block by block: memory stays bounded for long inputs.
     with open_audio(args.input, codec.cfg.sample_rate) as reader:
         progress, bar = _progress(reader.announced_num_samples, reader.sample_rate, "encoding")
@@ -223,11 +228,7 @@ def cmd_roundtrip(args) -> int:
 
     codec = _codec(args)
     rates = parse_kbps_list(args.kbps)
-    try:
-        for kbps in rates:
-            codec.cfg.codebooks_for_kbps(kbps)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    check_kbps(codec, *rates)
     out_dir = Path(args.out) if args.out else None
     wavs = {}
     if out_dir:  # refuse existing outputs before any work, so a run never stops half-written

@@ -10,7 +10,7 @@ import math
 import sys
 from pathlib import Path
 
-from .cliutil import UserError, check_output, parse_kbps_list, print_json, print_table
+from .cliutil import UserError, check_kbps, check_output, parse_kbps_list, print_json, print_table
 
 __all__ = ["add_commands", "cmd_compare", "cmd_listen"]
 
@@ -141,11 +141,7 @@ def cmd_compare(args) -> int:
     if not args.no_neural:
         codec = _load_model(args.model)
         kbps = parse_kbps_list(args.kbps)
-        for k in kbps:
-            try:
-                codec.cfg.codebooks_for_kbps(k)
-            except ValueError as e:
-                raise UserError(str(e)) from None
+        check_kbps(codec, *kbps)
     if codec is None and baselines == []:
         raise UserError("nothing to compare: --no-neural with --codecs none")
 

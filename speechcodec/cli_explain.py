@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cliutil import UserError, check_output, parse_kbps_list, print_json, print_table
+from .cliutil import UserError, check_kbps, check_output, parse_kbps_list, print_json, print_table
 
 __all__ = ["add_commands", "cmd_embed", "cmd_entropy", "cmd_explain", "cmd_oracle",
            "cmd_pca_eval", "cmd_pca_fit"]
@@ -177,11 +177,7 @@ def cmd_explain(args) -> int:
         raise UserError(f"{out}: folder '{out.parent}' does not exist")
     kbps = _kbps(args.kbps)
     codec = _codec(args)
-    for r in kbps:
-        try:
-            codec.cfg.codebooks_for_kbps(r)
-        except ValueError as e:
-            raise UserError(str(e)) from None
+    check_kbps(codec, *kbps)
     pca = False if args.no_pca else _pca(args.pca)
     audio = load_audio(args.input, codec.cfg.sample_rate)
     x = audio.samples
@@ -334,10 +330,7 @@ def cmd_oracle(args) -> int:
     plot = check_output(args.plot, args.force) if args.plot else None
     files = _files(args.inputs, args.limit)
     codec = _codec(args)
-    try:
-        codec.cfg.codebooks_for_kbps(args.kbps)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    check_kbps(codec, args.kbps)
     _, summary = oracle_on_files(codec, files, args.kbps, progress=sys.stderr.isatty())
     if not summary[0]["files"]:
         frame_ms = 1000 * codec.decoder.head.n_fft / codec.cfg.sample_rate

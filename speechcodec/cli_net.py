@@ -19,7 +19,7 @@ import re
 import signal
 import sys
 
-from .cliutil import UserError, check_output, print_json
+from .cliutil import UserError, check_kbps, check_output, print_json
 
 __all__ = ["add_commands", "build_channel", "format_ignored", "parse_duration",
            "parse_fraction"]
@@ -167,11 +167,7 @@ def _codec(args):
 
 
 def _stream_params(codec, args) -> tuple[int, int, int]:
-    cfg = codec.cfg
-    try:
-        k = cfg.codebooks_for_kbps(args.kbps)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    (k,) = check_kbps(codec, args.kbps)
     if not 0 <= args.fec <= k:
         raise UserError(f"--fec must be between 0 and the {k} codebooks sent, got {args.fec}")
     if not 1 <= args.frames_per_packet <= 255:

@@ -34,6 +34,15 @@ def parse_kbps_list(text: str) -> list[float]:
     return values
 
 
+def check_kbps(codec, *rates: float) -> list[int]:
+    """The codebook count for each bitrate; an unsupported one is a UserError that lists the
+    rates the model offers."""
+    try:
+        return [codec.cfg.codebooks_for_kbps(r) for r in rates]
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN/Inf
