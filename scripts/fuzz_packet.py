@@ -181,11 +181,12 @@ def seed_corpus(folder: Path, target: str) -> int:
 
     rng = np.random.default_rng(0)
     packets = []
-    for bits, k, c, f in ((10, 6, 3, 1), (10, 3, 0, 1), (6, 4, 2, 2), (1, 1, 1, 1), (16, 2, 0, 3)):
+    for bits, k, c, f, d in ((10, 6, 3, 1, 1), (10, 3, 0, 1, 1), (6, 4, 2, 2, 1), (1, 1, 1, 1, 1),
+                             (16, 2, 0, 3, 1), (10, 6, 3, 1, 2), (4, 3, 1, 2, 4)):
         codes = rng.integers(0, 1 << bits, (k, f))
-        fec = rng.integers(0, 1 << bits, (c, f))
+        fec = rng.integers(0, 1 << bits, (d * c, f))
         packets.append(Packet(int(rng.integers(65536)), 320 * int(rng.integers(1000)), codes,
-                              fec, codebook_bits=bits))
+                              fec, codebook_bits=bits, fec_depth=d))
     packets.append(Packet(7, 3200, codebook_bits=10, end=EndOfStream(3000, 48000, 9000)))
     folder.mkdir(parents=True, exist_ok=True)
     n = 0

@@ -10,6 +10,8 @@ packet for packet, to five receivers:
   interpolated between the last good latents and that frame's; otherwise repeat + fade;
 * ``concealment + FEC``-- as above, and each packet carries the first ``--fec`` codebooks of the
   previous frame;
+* ``concealment + D-deep FEC`` (with ``--fec-depth D`` > 1) -- the same codebooks of each of the
+  previous D frames;
 * ``Opus``             -- libopus at about the same rate, its own concealment for lost packets.
 
 All speechcodec rows use a 40 ms playout delay. It prints PESQ-WB and STOI against the
@@ -31,7 +33,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = ROOT.parent / "shared" / "data" / "valid.csv"
-CONDITIONS = ("no concealment", "repeat + fade", "concealment", "concealment + FEC", "Opus")
+def _receivers(fec: int, fec_depth: int) -> list[tuple[str, str, int, int]]:
+    """(row name, concealment, FEC codebooks, FEC depth) of the speechcodec rows."""
+    rows = [("no concealment", "none", 0, 1), ("repeat + fade", "repeat", 0, 1),
+            ("concealment", "interpolate", 0, 1), ("concealment + FEC", "interpolate", fec, 1)]
+    if fec_depth > 1:
+        rows.append((f"concealment + {fec_depth}-deep FEC", "interpolate", fec, fec_depth))
+    return rows
 
 __all__ = ["format_table", "loss_pattern", "main", "plcmos", "run"]
 
@@ -83,7 +91,7 @@ def plcmos_available() -> bool:
 
 def _bench_file(codec, fi: int, path, k: int, fec: int, losses, burst: float, seed: int,
                 opus_kbps: float | None, playout_delay: float,
-                with_plcmos: bool = False) -> list[dict]:
+                with_plcmos: bool = False, fec_depth: int = 1) -> list[dict]:
     """The rows of one file: one per loss rate, with every condition's scores and rates."""
     from . import opus
     from .audio import load_audio
@@ -112,12 +120,10 @@ def _bench_file(codec, fi: int, path, k: int, fec: int, losses, burst: float, se
         pattern = loss_pattern(loss, burst, n_pk, seed * 1_000_003 + fi * 101 + li)
         row = {"file": str(path), "loss": loss,
                "measured_loss": float(np.mean(pattern[:codes.shape[1]]))}
-        for name, conceal, c in (("no concealment", "none", 0), ("repeat + fade", "repeat", 0),
-                                 ("concealment", "interpolate", 0),
-                                 ("concealment + FEC", "interpolate", fec)):
+        for name, conceal, c, depth in _receivers(fec, fec_depth):
             r = simulate(codec, x, channel=FixedPattern(pattern), num_codebooks=k,
-                         fec_codebooks=c, playout_delay=playout_delay, concealment=conceal,
-                         quality=False, codes=codes)
+                         fec_codebooks=c, fec_depth=depth, playout_delay=playout_delay,
+                         concealment=conceal, quality=False, codes=codes)
             if any(pattern[:codes.shape[1]]):
                 row[name] = score(r.samples)
             else:  # nothing lost: every receiver gives the clean decode
@@ -152,7 +158,7 @@ def _work(fi: int, path) -> tuple[int, list[dict], float]:
 def run(files, codec, kbps: float = 3.0, fec: int = 3, losses=(0.0, 0.05, 0.10, 0.20),
         burst: float = 2.5, seed: int = 0, opus_kbps: float | None = None,
         playout_delay: float = 0.04, progress=None, jobs: int = 1,
-        model: str | None = None, with_plcmos: bool = False) -> dict:
+        model: str | None = None, with_plcmos: bool = False, fec_depth: int = 1) -> dict:
     """Run the benchmark on ``files``; returns ``{"rows": per-file results, "summary": ...}``.
 
     With ``jobs > 1`` files are scored in that many worker processes, each loading ``model``
@@ -163,11 +169,12 @@ def run(files, codec, kbps: float = 3.0, fec: int = 3, losses=(0.0, 0.05, 0.10, 
     cfg = codec.cfg
     k = cfg.codebooks_for_kbps(kbps)
     if opus_kbps is None:  # Opus's useful floor is about 6 kbps
-        opus_kbps = max(6.0, math.ceil(cfg.kbps(k + fec)))
+        opus_kbps = max(6.0, math.ceil(cfg.kbps(k + fec * fec_depth)))
     if not opus.available():
         opus_kbps = None
     params = dict(k=k, fec=fec, losses=tuple(losses), burst=burst, seed=seed,
-                  opus_kbps=opus_kbps, playout_delay=playout_delay, with_plcmos=with_plcmos)
+                  opus_kbps=opus_kbps, playout_delay=playout_delay, with_plcmos=with_plcmos,
+                  fec_depth=fec_depth)
     per_file: dict[int, list[dict]] = {}
     if jobs <= 1:
         for fi, path in enumerate(files):
@@ -189,8 +196,10 @@ def run(files, codec, kbps: float = 3.0, fec: int = 3, losses=(0.0, 0.05, 0.10, 
                 if progress:
                     progress(fi, files[fi], seconds)
     rows = [r for fi in sorted(per_file) for r in per_file[fi]]
-    conditions = [c for c in CONDITIONS if c != "Opus" or opus_kbps]
-    summary = {"files": len(files), "kbps": kbps, "fec_codebooks": fec, "burst": burst,
+    conditions = [name for name, *_ in _receivers(fec, fec_depth)] + (["Opus"] if opus_kbps
+                                                                      else [])
+    summary = {"files": len(files), "kbps": kbps, "fec_codebooks": fec, "fec_depth": fec_depth,
+               "burst": burst,
                "losses": list(losses), "model": codec.model_id, "opus_kbps": opus_kbps,
                "plcmos": with_plcmos,
                "measured_loss": [_mean(r["measured_loss"] for r in rows if r["loss"] == loss)
@@ -226,20 +235,23 @@ def format_table(summary: dict) -> str:
          if summary.get("plcmos") else "PESQ-WB / STOI against the original")
         + f", mean over {summary['files']} files; model "
         f"`{summary['model']}` at {summary['kbps']:g} kbps, FEC = first "
-        f"{summary['fec_codebooks']} codebooks of the previous frame; Gilbert-Elliott loss with "
-        f"mean burst {summary['burst']:g} packets (measured loss {measured}), the same pattern "
-        "for every row. kbps: payload (with FEC), and in brackets whole packets with our "
-        "13-byte header; Opus: measured packet bytes.",
+        f"{summary['fec_codebooks']} codebooks of the previous frame"
+        + (f" (the {depth}-deep row: of each of the previous {depth} frames)"
+           if (depth := summary.get("fec_depth", 1)) > 1 else "") + "; Gilbert-Elliott loss "
+        f"with mean burst {summary['burst']:g} packets (measured loss {measured}), the same "
+        "pattern for every row. kbps: payload (with FEC), and in brackets whole packets with our "
+        "13-byte header (14 with a FEC depth); Opus: measured packet bytes.",
     ]
     cond = summary["conditions"]
-    if "concealment + FEC" in cond and 0.0 in losses and 0.10 in losses:
-        f = cond["concealment + FEC"]["pesq_wb"]
+    if 0.0 in losses and 0.10 in losses:
         i0, i10 = losses.index(0.0), losses.index(0.10)
-        note = f"At 10% loss, concealment + FEC loses {f[i0] - f[i10]:.2f} PESQ-WB against no loss"
-        if "Opus" in cond:
-            note += (f"; Opus under the same loss scores {cond['Opus']['pesq_wb'][i10]:.2f} "
-                     f"against our {f[i10]:.2f}")
-        lines.append(note + ".")
+        for name in (n for n in cond if "FEC" in n):
+            f = cond[name]["pesq_wb"]
+            note = f"At 10% loss, {name} loses {f[i0] - f[i10]:.2f} PESQ-WB against no loss"
+            if "Opus" in cond:
+                note += (f"; Opus under the same loss scores {cond['Opus']['pesq_wb'][i10]:.2f} "
+                         f"against our {f[i10]:.2f}")
+            lines.append(note + ".")
     if "Opus" not in cond:
         lines.append("Opus: not measured, libopus was not found (Debian: libopus0; "
                      "scripts/install_baselines installs it).")
@@ -255,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="shipped model name or model file")
     p.add_argument("--kbps", type=float, default=3.0, help="payload bitrate (default 3)")
     p.add_argument("--fec", type=int, default=3, help="FEC codebooks (default 3)")
+    p.add_argument("--fec-depth", type=int, default=2,
+                   help="also a row whose FEC copies this many previous frames (default 2; "
+                        "1: no such row)")
     p.add_argument("--burst", type=float, default=2.5, help="mean loss burst (default 2.5)")
     p.add_argument("--losses", default="0,5,10,20", help="loss rates in %% (default 0,5,10,20)")
     p.add_argument("--opus-kbps", type=float, help="Opus bitrate (default: max(6, ours + FEC))")
@@ -269,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from .compare import evenly_spread
+    from .packet import MAX_FEC_DEPTH
     from .pretrained import ModelError, load_codec
     from .train import list_audio
 
@@ -281,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         losses = [float(v) / 100 for v in args.losses.split(",") if v.strip()]
         codec = load_codec(args.model)
         codec.cfg.codebooks_for_kbps(args.kbps)
+        if not 1 <= args.fec_depth <= MAX_FEC_DEPTH:
+            raise ValueError(f"--fec-depth must be in 1..{MAX_FEC_DEPTH}")
     except (ValueError, OSError, ModelError) as e:
         print(f"benchmark: error: {e}", file=sys.stderr)
         return 1
@@ -293,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = run(files, codec, args.kbps, args.fec, losses, args.burst, args.seed,
                  args.opus_kbps, progress=progress, jobs=args.jobs, model=args.model,
-                 with_plcmos=args.plcmos)
+                 with_plcmos=args.plcmos, fec_depth=args.fec_depth)
     if args.rows:
         Path(args.rows).write_text(json.dumps(result["rows"], indent=1))
     if args.json:

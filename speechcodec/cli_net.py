@@ -20,6 +20,7 @@ import signal
 import sys
 
 from .cliutil import UserError, check_kbps, check_output, print_json
+from .packet import MAX_FEC_DEPTH
 
 __all__ = ["add_commands", "build_channel", "format_ignored", "parse_duration",
            "parse_fraction"]
@@ -118,6 +119,10 @@ def _add_codec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fec", type=int, default=0, metavar="C",
                    help="forward error correction: carry the first C codebooks of the previous "
                         "packet (default 0: off)")
+    p.add_argument("--fec-depth", type=int, default=1, metavar="D",
+                   help="with --fec: copy the previous D packets, not only the last one, so a "
+                        "burst of D losses is recovered (default 1, at most "
+                        f"{MAX_FEC_DEPTH}; the playout delay must cover D packets)")
     p.add_argument("--frames-per-packet", type=int, default=1, metavar="F",
                    help="20 ms frames per packet (default 1)")
 
@@ -166,13 +171,18 @@ def _codec(args):
     return load_codec(args.model)
 
 
-def _stream_params(codec, args) -> tuple[int, int, int]:
+def _stream_params(codec, args) -> tuple[int, int, int, int]:
+    """(codebooks, FEC codebooks, FEC depth, frames per packet), checked."""
     (k,) = check_kbps(codec, args.kbps)
     if not 0 <= args.fec <= k:
         raise UserError(f"--fec must be between 0 and the {k} codebooks sent, got {args.fec}")
+    if not 1 <= args.fec_depth <= MAX_FEC_DEPTH:
+        raise UserError(f"--fec-depth must be in 1..{MAX_FEC_DEPTH}, got {args.fec_depth}")
+    if args.fec_depth > 1 and not args.fec:
+        raise UserError("--fec-depth needs --fec C (the codebooks each copy carries)")
     if not 1 <= args.frames_per_packet <= 255:
         raise UserError("--frames-per-packet must be in 1..255")
-    return k, args.fec, args.frames_per_packet
+    return k, args.fec, args.fec_depth, args.frames_per_packet
 
 
 def _load(path):
@@ -213,10 +223,14 @@ def cmd_simulate(args) -> int:
     key = _key(args)
     audio = _load(args.input)
     codec = _codec(args)
-    k, fec, fpp = _stream_params(codec, args)
+    k, fec, depth, fpp = _stream_params(codec, args)
     playout = parse_duration(args.playout_delay, "--playout-delay")
+    reach = depth * fpp * codec.cfg.frame_size / codec.cfg.sample_rate
+    if fec and playout < reach - 1e-9:
+        _say(f"note: the oldest FEC copies arrive {reach * 1000:.0f} ms after their frame; "
+             f"with --playout-delay {playout * 1000:.0f}ms some come too late to be used")
     result = simulate(codec, audio.samples, channel=channel, num_codebooks=k, fec_codebooks=fec,
-                      frames_per_packet=fpp, playout_delay=playout,
+                      fec_depth=depth, frames_per_packet=fpp, playout_delay=playout,
                       concealment=args.concealment, key=key)
     y, rate = result.samples, codec.cfg.sample_rate
     if audio.original_sample_rate != rate:
@@ -241,12 +255,13 @@ def cmd_send(args) -> int:
     key = _key(args)
     audio = _load(args.input)
     codec = _codec(args)
-    k, fec, fpp = _stream_params(codec, args)
+    k, fec, depth, fpp = _stream_params(codec, args)
     mode = "as fast as possible" if args.fast else "in real time"
     _say(f"sending {args.input} to {to[0]}:{to[1]} at {args.kbps:g} kbps, {mode}")
     _signals_as_interrupt()
     try:
-        r = send_udp(codec, audio.samples, k, to, fec_codebooks=fec, frames_per_packet=fpp,
+        r = send_udp(codec, audio.samples, k, to, fec_codebooks=fec, fec_depth=depth,
+                     frames_per_packet=fpp,
                      fast=args.fast, original_sample_rate=audio.original_sample_rate,
                      original_num_samples=audio.original_num_samples, key=key)
     except OSError as e:

@@ -5,7 +5,8 @@ library and numpy, so a relay or a packet inspector starts quickly.
 
 One packet carries ``F`` consecutive code frames (``F = 1``: one 20 ms frame per packet) of ``K``
 codebooks, and optionally a coarse copy (the first ``C`` codebooks) of the frames of the previous
-packet, for forward error correction. All multi-byte integers are big-endian (network order)::
+packet, or of the previous ``D`` packets, for forward error correction. All multi-byte integers
+are big-endian (network order)::
 
      0                   1                   2                   3
      0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
@@ -14,9 +15,9 @@ packet, for forward error correction. All multi-byte integers are big-endian (ne
     +-------+-------+---------------+-------------------------------+
     |                  timestamp (samples at 16 kHz)                |
     +---------------+---------------+---------------+---------------+
-    | num_codebooks |  num_frames   | fec_codebooks |               |
-    +---------------+---------------+---------------+               +
-    |        payload: (K + C) x F codes, B bits each, MSB first     |
+    | num_codebooks |  num_frames   | fec_codebooks |  (fec_depth)  |  <- only with
+    +---------------+---------------+---------------+ - - - - - - - +     flag DEPTH
+    |     payload: (K + D x C) x F codes, B bits each, MSB first    |
     +                               +-------------------------------+
     |                               |                               |
     +-------------------------------+                               +
@@ -30,24 +31,32 @@ packet, for forward error correction. All multi-byte integers are big-endian (ne
          0   4 b  version        1 (the high nibble of byte 0)
          0   4 b  flags          0x1 END: end of stream (no codes, see below);
                                  0x2 AUTH: an authentication tag follows the payload;
+                                 0x4 DEPTH: the fec_depth byte follows the header;
                                  others reserved, 0
          1     1  codebook_bits  B, bits per code (1..16; 10 for 1024-entry codebooks)
          2     2  sequence       +1 per packet, wraps 65535 -> 0 (compare with seq_gt/seq_diff)
          4     4  timestamp      sample index of the packet's first frame, wraps at 2**32
          8     1  num_codebooks  K, codebooks per frame
          9     1  num_frames     F, frames in this packet
-        10     1  fec_codebooks  C, codebooks of the FEC copy (0: no FEC; C <= K)
-        11     P  payload        P = ceil((K + C) * F * B / 8) bytes
-    11 + P    10  tag            AUTH only: the first 10 bytes (80 bits) of
-                                 HMAC-SHA256(key, bytes [0, 11 + P)); T = 10, else T = 0
-    11+P+T     2  crc            CRC-16/CCITT-FALSE (binascii.crc_hqx, initial 0xFFFF) of
-                                 bytes [0, 11 + P + T)
+        10     1  fec_codebooks  C, codebooks of each FEC copy (0: no FEC; C <= K)
+        11     1  fec_depth      DEPTH only: D, packets copied (2..4); without the flag D = 1
+                                 and the byte is absent (E = 0; with the flag E = 1)
+      11+E     P  payload        P = ceil((K + D * C) * F * B / 8) bytes
+  11+E+P      10  tag            AUTH only: the first 10 bytes (80 bits) of
+                                 HMAC-SHA256(key, bytes [0, 11 + E + P)); T = 10, else T = 0
+  11+E+P+T     2  crc            CRC-16/CCITT-FALSE (binascii.crc_hqx, initial 0xFFFF) of
+                                 bytes [0, 11 + E + P + T)
 
-The payload is ``bitstream.pack_codes`` of the ``[K + C, F]`` array whose first K rows are this
-packet's codes and whose last C rows are the first C codebooks of the previous packet's F frames
-(frame f of the copy belongs at timestamp ``timestamp - (F - f) * frame_size`` for F-frame
-packets; the receiver computes that from the previous packet's timestamp, ``timestamp - F *
-frame_size``). Frame-major, so each frame's K codes are followed by its C FEC codes.
+The payload is ``bitstream.pack_codes`` of the ``[K + D * C, F]`` array whose first K rows are
+this packet's codes, followed by D blocks of C rows: block d (d = 1..D) holds the first C
+codebooks of the F frames of the packet d before this one (frame f of block d belongs at
+timestamp ``timestamp - (d * F - f) * frame_size``). A packet copies only as many earlier
+packets as exist, so the first packets of a stream carry a smaller D. Frame-major, so each
+frame's K codes are followed by its D x C FEC codes.
+
+Why a depth: losses come in bursts. With D = 1 a burst of L packets leaves L - 1 frames to
+concealment; with D = 2, L - 2. It costs D x C codes per frame and no delay beyond the
+jitter buffer's, as long as the playout delay covers D packets.
 
 An END packet (flag 0x1) has K = F = C = 0, its timestamp is the end of the coded frames
 (``num_frames * frame_size``), and its 12-byte payload is three u32: ``num_samples`` (the signal
@@ -60,14 +69,15 @@ HMAC to 80 bits. The flag bit is covered by the tag, so it cannot be stripped; a
 key refuses packets without it, and one without a key refuses packets with it. The version
 stays 1: a packet without the flag is byte for byte what it was before authentication existed,
 and an older reader refuses an authenticated packet as "unsupported packet flags 0x2" instead
-of reading the tag as codes. The tag says who made the packet, not when: replays are caught by
-the receiver's sequence-number window, as in SRTP.
+of reading the tag as codes. DEPTH was added the same way: without it a packet is unchanged,
+and an older reader refuses one with it. The tag says who made the packet, not when: replays
+are caught by the receiver's sequence-number window, as in SRTP.
 
-Overhead: 13 bytes per packet (11 header + 2 CRC), 23 with a tag. The CRC, which covers the
-tag too, turns any corruption the channel causes into a lost packet (:class:`ChecksumError`);
-a packet with a correct CRC but a wrong tag was made or altered by someone without the key
-(:class:`AuthenticationError`). Every malformed, damaged or unauthenticated packet raises a
-:class:`PacketError`, whose message says what is wrong.
+Overhead: 13 bytes per packet (11 header + 2 CRC), one more with DEPTH, 10 more with a tag. The
+CRC, which covers the tag too, turns any corruption the channel causes into a lost packet
+(:class:`ChecksumError`); a packet with a correct CRC but a wrong tag was made or altered by
+someone without the key (:class:`AuthenticationError`). Every malformed, damaged or
+unauthenticated packet raises a :class:`PacketError`, whose message says what is wrong.
 """
 
 from __future__ import annotations
@@ -86,7 +96,9 @@ __all__ = [
     "CRC_SIZE",
     "FLAG_AUTH",
     "FLAG_END",
+    "FLAG_FEC_DEPTH",
     "HEADER_SIZE",
+    "MAX_FEC_DEPTH",
     "MIN_KEY_BYTES",
     "MIN_PACKET_SIZE",
     "OVERHEAD_BYTES",
@@ -117,7 +129,10 @@ __all__ = [
 PACKET_VERSION: int = 1
 FLAG_END: int = 0x1
 FLAG_AUTH: int = 0x2
-_KNOWN_FLAGS = FLAG_END | FLAG_AUTH
+FLAG_FEC_DEPTH: int = 0x4
+_KNOWN_FLAGS = FLAG_END | FLAG_AUTH | FLAG_FEC_DEPTH
+#: The most earlier packets one packet may copy for FEC.
+MAX_FEC_DEPTH: int = 4
 
 #: version|flags, codebook_bits, sequence, timestamp, num_codebooks, num_frames, fec_codebooks
 _HEADER = struct.Struct(">BBHIBBB")
@@ -211,16 +226,18 @@ class EndOfStream:
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Packet:
-    """One packet: ``codes [K, F]``, an optional FEC copy ``fec [C, F]`` of the previous packet's
-    frames (first C codebooks), or the END marker.
+    """One packet: ``codes [K, F]``, optional FEC copies ``fec [D * C, F]`` of the previous D
+    packets' frames (first C codebooks each), or the END marker.
 
     Attributes:
         seq: 16-bit sequence number.
         timestamp: 32-bit sample index (codec rate) of the first frame.
         codes: int64 ``[K, F]`` (None or empty for END).
-        fec: int64 ``[C, F]`` (``C = 0``: no FEC).
+        fec: int64 ``[D * C, F]``: rows ``(d - 1) * C`` to ``d * C`` copy the packet d before
+            this one (no rows: no FEC).
         codebook_bits: bits per code.
         end: set for an END packet (then ``codes`` and ``fec`` are empty).
+        fec_depth: D, the number of earlier packets ``fec`` copies (1 without FEC).
     """
 
     seq: int
@@ -229,6 +246,7 @@ class Packet:
     fec: np.ndarray | None = None
     codebook_bits: int = 10
     end: EndOfStream | None = None
+    fec_depth: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seq", _int_field("seq", self.seq, 0, _U16))
@@ -241,10 +259,17 @@ class Packet:
         fec = np.zeros((0, codes.shape[1]), np.int64) if self.fec is None else np.asarray(
             self.fec)
         if fec.ndim != 2 or (fec.shape[0] and fec.shape[1] != codes.shape[1]):
-            raise ValueError(f"fec must be [C, F] with F = {codes.shape[1]}, got {fec.shape}")
-        if fec.shape[0] > codes.shape[0]:
-            raise ValueError(f"fec has {fec.shape[0]} codebooks, more than the {codes.shape[0]} "
-                             "of the packet")
+            raise ValueError(f"fec must be [D * C, F] with F = {codes.shape[1]}, got "
+                             f"{fec.shape}")
+        depth = _int_field("fec_depth", self.fec_depth, 1, MAX_FEC_DEPTH)
+        if fec.shape[0] == 0:
+            depth = 1
+        elif fec.shape[0] % depth:
+            raise ValueError(f"fec has {fec.shape[0]} rows, not a multiple of fec_depth {depth}")
+        if fec.shape[0] // depth > codes.shape[0]:
+            raise ValueError(f"fec has {fec.shape[0] // depth} codebooks per copy, more than the "
+                             f"{codes.shape[0]} of the packet")
+        object.__setattr__(self, "fec_depth", depth)
         fec = fec.reshape(fec.shape[0], codes.shape[1])
         for name, n in (("num_codebooks", codes.shape[0]), ("num_frames", codes.shape[1])):
             _int_field(name, n, 0, _U8)
@@ -268,7 +293,15 @@ class Packet:
 
     @property
     def fec_codebooks(self) -> int:
-        return int(self.fec.shape[0])
+        """C, codebooks in each FEC copy."""
+        return int(self.fec.shape[0]) // self.fec_depth
+
+    def fec_copy(self, d: int) -> np.ndarray:
+        """The FEC copy ``[C, F]`` of the packet ``d`` before this one (1 <= d <= fec_depth)."""
+        if not 1 <= d <= self.fec_depth:
+            raise ValueError(f"this packet copies packets 1..{self.fec_depth} back, not {d}")
+        c = self.fec_codebooks
+        return self.fec[(d - 1) * c: d * c]
 
     @property
     def is_end(self) -> bool:
@@ -278,19 +311,19 @@ class Packet:
     def payload_bytes(self) -> int:
         if self.end is not None:
             return _END.size
-        return packed_size(self.num_codebooks + self.fec_codebooks, self.num_frames,
+        return packed_size(self.num_codebooks + self.fec.shape[0], self.num_frames,
                            self.codebook_bits)
 
     @property
     def size(self) -> int:
-        """Serialized size in bytes."""
-        return OVERHEAD_BYTES + self.payload_bytes
+        """Serialized size in bytes (without an authentication tag)."""
+        return OVERHEAD_BYTES + (self.fec_depth > 1) + self.payload_bytes
 
     def __repr__(self) -> str:
         if self.end is not None:
             return f"Packet(END seq={self.seq} ts={self.timestamp} samples={self.end.num_samples})"
         return (f"Packet(seq={self.seq} ts={self.timestamp} K={self.num_codebooks} "
-                f"F={self.num_frames} fec={self.fec_codebooks} {self.size} B)")
+                f"F={self.num_frames} fec={self.fec_codebooks}x{self.fec_depth} {self.size} B)")
 
 
 def check_key(key: bytes | bytearray) -> bytes:
@@ -319,12 +352,16 @@ def serialize_packet(packet: Packet, key: bytes | None = None) -> bytes:
         ValueError: a code does not fit in ``codebook_bits``, or the key is too short.
     """
     flags = FLAG_END if packet.end is not None else 0
+    if packet.fec_depth > 1:
+        flags |= FLAG_FEC_DEPTH
     if key is not None:
         key = check_key(key)
         flags |= FLAG_AUTH
     header = _HEADER.pack((PACKET_VERSION << 4) | flags, packet.codebook_bits, packet.seq,
                           packet.timestamp, packet.num_codebooks, packet.num_frames,
                           packet.fec_codebooks)
+    if packet.fec_depth > 1:
+        header += bytes([packet.fec_depth])
     if packet.end is not None:
         e = packet.end
         payload = _END.pack(_int_field("num_samples", e.num_samples, 0, _U32),
@@ -356,12 +393,13 @@ def is_end_packet(data: bytes | bytearray | memoryview) -> bool:
 
 def max_packet_size(num_codebooks: int, codebook_bits: int, authenticated: bool = False,
                     frames_per_packet: int = _U8) -> int:
-    """The largest valid packet with at most ``num_codebooks`` codebooks (and as many FEC
-    codebooks) of ``codebook_bits`` bits and ``frames_per_packet`` frames: anything longer is
-    not a packet a receiver for that model can use."""
+    """The largest valid packet with at most ``num_codebooks`` codebooks (and FEC copies of as
+    many, ``MAX_FEC_DEPTH`` deep) of ``codebook_bits`` bits and ``frames_per_packet`` frames:
+    anything longer is not a packet a receiver for that model can use."""
     k = max(1, num_codebooks)
-    payload = max(_END.size, packed_size(2 * k, frames_per_packet, codebook_bits))
-    return OVERHEAD_BYTES + payload + (TAG_SIZE if authenticated else 0)
+    payload = max(_END.size, packed_size((1 + MAX_FEC_DEPTH) * k, frames_per_packet,
+                                         codebook_bits))
+    return OVERHEAD_BYTES + 1 + payload + (TAG_SIZE if authenticated else 0)
 
 
 def parse_packet(data: bytes | bytearray | memoryview, key: bytes | None = None) -> Packet:
@@ -415,9 +453,18 @@ def parse_packet(data: bytes | bytearray | memoryview, key: bytes | None = None)
         raise PacketError(f"unsupported packet flags 0x{flags:x}")
     if not 1 <= bits <= MAX_CODE_BITS:
         raise PacketError(f"invalid packet: codebook_bits {bits} outside 1..{MAX_CODE_BITS}")
-    payload = view[HEADER_SIZE: end]
+    start, depth = HEADER_SIZE, 1
+    if flags & FLAG_FEC_DEPTH:
+        if end <= start:
+            raise PacketError("packet truncated: flag DEPTH but no fec_depth byte")
+        depth, start = view[start], start + 1
+        if not 2 <= depth <= MAX_FEC_DEPTH:
+            raise PacketError(f"invalid packet: fec_depth {depth} outside 2..{MAX_FEC_DEPTH}")
+        if c == 0:
+            raise PacketError("invalid packet: fec_depth without FEC codebooks")
+    payload = view[start: end]
     if flags & FLAG_END:
-        if k or f or c:
+        if k or f or c or depth > 1:
             raise PacketError("invalid packet: END packet with codes")
         if len(payload) != _END.size:
             raise PacketError(f"invalid END packet: payload is {len(payload)} bytes, "
@@ -430,15 +477,17 @@ def parse_packet(data: bytes | bytearray | memoryview, key: bytes | None = None)
         raise PacketError(f"invalid packet: {k} codebooks x {f} frames")
     if c > k:
         raise PacketError(f"invalid packet: {c} FEC codebooks but only {k} codebooks")
-    expected = packed_size(k + c, f, bits)
+    rows = k + depth * c
+    expected = packed_size(rows, f, bits)
     if len(payload) != expected:
+        fec = f"{depth}x{c}" if depth > 1 else f"{c}"
         raise PacketError(f"packet truncated or padded: payload is {len(payload)} bytes, "
-                          f"{k}+{c} codebooks x {f} frames x {bits} bits need {expected}")
+                          f"{k}+{fec} codebooks x {f} frames x {bits} bits need {expected}")
     try:
-        codes = unpack_codes(bytes(payload), k + c, f, bits)
+        codes = unpack_codes(bytes(payload), rows, f, bits)
     except ValueError as exc:
         raise PacketError(f"invalid packet payload: {exc}") from None
-    return Packet(seq, ts, codes[:k], codes[k:], codebook_bits=bits)
+    return Packet(seq, ts, codes[:k], codes[k:], codebook_bits=bits, fec_depth=depth)
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,31 +501,39 @@ class Packetizer:
     ``push(codes [K, n])`` returns the packets completed so far (F frames each); ``flush()``
     returns a last, shorter packet for frames left over; ``end(...)`` the END packet. With
     ``fec_codebooks = C > 0`` every packet after the first also carries the first C codebooks of
-    the previous packet's frames.
+    the previous packet's frames, or of the previous ``fec_depth`` packets' (as many as there
+    are).
     """
 
     def __init__(self, codebook_bits: int, frame_size: int, frames_per_packet: int = 1,
-                 fec_codebooks: int = 0, first_seq: int = 0, first_timestamp: int = 0) -> None:
+                 fec_codebooks: int = 0, first_seq: int = 0, first_timestamp: int = 0,
+                 fec_depth: int = 1) -> None:
         self.codebook_bits = _int_field("codebook_bits", codebook_bits, 1, MAX_CODE_BITS)
         self.frame_size = _int_field("frame_size", frame_size, 1, _U32)
         self.frames_per_packet = _int_field("frames_per_packet", frames_per_packet, 1, _U8)
         self.fec_codebooks = _int_field("fec_codebooks", fec_codebooks, 0, _U8)
+        self.fec_depth = _int_field("fec_depth", fec_depth, 1, MAX_FEC_DEPTH)
         self.seq = _int_field("first_seq", first_seq, 0, _U16)
         self.timestamp = _int_field("first_timestamp", first_timestamp, 0, _U32)
         self.frames_sent = 0
         self._pending: list[np.ndarray] = []  # columns [K]
-        self._previous: np.ndarray | None = None
+        self._previous: list[np.ndarray] = []  # the last fec_depth packets' codes, newest first
 
     def _emit(self, codes: np.ndarray) -> Packet:
         k = codes.shape[0]
-        if self.fec_codebooks > k:
-            raise ValueError(f"fec_codebooks {self.fec_codebooks} exceeds the {k} codebooks sent")
-        fec = None
-        prev = self._previous
-        if self.fec_codebooks and prev is not None and prev.shape[1] == codes.shape[1]:
-            fec = prev[: self.fec_codebooks]
-        packet = Packet(self.seq, self.timestamp, codes, fec, self.codebook_bits)
-        self._previous = codes
+        c = self.fec_codebooks
+        if c > k:
+            raise ValueError(f"fec_codebooks {c} exceeds the {k} codebooks sent")
+        copies = []
+        if c:
+            for prev in self._previous:  # only consecutive packets of the same length
+                if prev.shape[1] != codes.shape[1] or prev.shape[0] < c:
+                    break
+                copies.append(prev[:c])
+        fec = np.concatenate(copies) if copies else None
+        packet = Packet(self.seq, self.timestamp, codes, fec, self.codebook_bits,
+                        fec_depth=max(1, len(copies)))
+        self._previous = [codes, *self._previous][: self.fec_depth]
         self.seq = seq_add(self.seq, 1)
         self.timestamp = seq_add(self.timestamp, codes.shape[1] * self.frame_size, TS_BITS)
         self.frames_sent += codes.shape[1]
@@ -510,26 +567,28 @@ class Packetizer:
 
 
 def packetize(codes: np.ndarray, codebook_bits: int, frame_size: int, frames_per_packet: int = 1,
-              fec_codebooks: int = 0, first_seq: int = 0) -> list[Packet]:
+              fec_codebooks: int = 0, first_seq: int = 0, fec_depth: int = 1) -> list[Packet]:
     """All media packets for ``codes [K, F]`` (no END packet)."""
-    p = Packetizer(codebook_bits, frame_size, frames_per_packet, fec_codebooks, first_seq)
+    p = Packetizer(codebook_bits, frame_size, frames_per_packet, fec_codebooks, first_seq,
+                   fec_depth=fec_depth)
     return p.push(codes) + p.flush()
 
 
 def nominal_rates(num_codebooks: int, fec_codebooks: int, frames_per_packet: int,
                   codebook_bits: int, frame_rate: float,
-                  authenticated: bool = False) -> dict[str, float]:
+                  authenticated: bool = False, fec_depth: int = 1) -> dict[str, float]:
     """Bitrates in kbit/s of a stream of full packets: ``payload_kbps`` (the codes),
-    ``fec_kbps`` (the FEC copies), ``auth_kbps`` (the authentication tags, 0 without),
-    ``packet_kbps`` (whole packets: our header, CRC and tag included) and
-    ``rtp_udp_ipv4_kbps`` (what those headers would add on a real network)."""
+    ``fec_kbps`` (the FEC copies: ``fec_depth`` of ``fec_codebooks`` each), ``auth_kbps`` (the
+    authentication tags, 0 without), ``packet_kbps`` (whole packets: our header, CRC and tag
+    included) and ``rtp_udp_ipv4_kbps`` (what those headers would add on a real network)."""
     packets_per_s = frame_rate / frames_per_packet
     tag = TAG_SIZE if authenticated else 0
-    size = OVERHEAD_BYTES + tag + packed_size(num_codebooks + fec_codebooks, frames_per_packet,
-                                              codebook_bits)
+    fec_rows = fec_codebooks * fec_depth if fec_codebooks else 0
+    size = (OVERHEAD_BYTES + (fec_depth > 1 and fec_rows > 0) + tag
+            + packed_size(num_codebooks + fec_rows, frames_per_packet, codebook_bits))
     return {
         "payload_kbps": num_codebooks * codebook_bits * frame_rate / 1000,
-        "fec_kbps": fec_codebooks * codebook_bits * frame_rate / 1000,
+        "fec_kbps": fec_rows * codebook_bits * frame_rate / 1000,
         "auth_kbps": tag * 8 * packets_per_s / 1000,
         "packet_kbps": size * 8 * packets_per_s / 1000,
         "rtp_udp_ipv4_kbps": RTP_UDP_IPV4_BYTES * 8 * packets_per_s / 1000,

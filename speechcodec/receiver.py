@@ -196,7 +196,7 @@ class ReceiverStats:
     packets_wrong_peer: int = 0  # from another address than the peer's
     frames_played: int = 0
     frames_decoded: int = 0  # from their own codes
-    frames_recovered_fec: int = 0  # from the FEC copy in the next packet
+    frames_recovered_fec: int = 0  # from a FEC copy in a later packet
     frames_concealed: int = 0
     frames_interpolated: int = 0  # of the concealed: bridged towards a later frame received
     end_received: bool = False
@@ -218,8 +218,8 @@ class Receiver:
         playout_delay: seconds the first packet is held before its frame is played; packets
             delayed more than this relative to the first one are late.
         concealment: one of :data:`CONCEALMENTS`.
-        use_fec: decode a lost frame from the FEC copy carried by the next packet, if that
-            packet arrived in time.
+        use_fec: decode a lost frame from a FEC copy carried by a later packet (the next one,
+            or one of the next D with FEC depth D), if that packet arrived in time.
         key: pre-shared key (at least 16 bytes): accept only packets with a valid
             authentication tag. None: accept only packets without one.
         peer: accept datagrams only from this source address, ``(host, port)`` with numeric
@@ -259,6 +259,7 @@ class Receiver:
         self.frames_per_packet = 1  # the most in one packet
         self.num_codebooks = 0  # of the last packet used
         self.fec_codebooks = 0
+        self.fec_depth = 1
         self._codes = _FrameStore(self.max_buffer, cfg.num_codebooks)
         self._fec = _FrameStore(self.max_buffer, cfg.num_codebooks)
         # The last _SEQ_WINDOW sequence numbers received, in a fixed ring (slot seq % size),
@@ -343,14 +344,17 @@ class Receiver:
         self.frames_per_packet = max(self.frames_per_packet, f)
         self.num_codebooks = pkt.num_codebooks
         self.fec_codebooks = max(self.fec_codebooks, pkt.fec_codebooks)
+        self.fec_depth = max(self.fec_depth, pkt.fec_depth)
         for j in range(f):
             self._codes.put(frame + j, pkt.codes[:, j])
         self.last_frame = max(self.last_frame, frame + f - 1)
         if pkt.fec_codebooks:
-            for j in range(f):
-                i = frame - f + j
-                if i >= self.next_frame and i not in self._codes:
-                    self._fec.put(i, pkt.fec[:, j])
+            for d in range(1, pkt.fec_depth + 1):
+                copy = pkt.fec_copy(d)
+                for j in range(f):
+                    i = frame - d * f + j
+                    if i >= self.next_frame and i not in self._codes:
+                        self._fec.put(i, copy[:, j])
         return "ok"
 
     def _count_arrived(self, kind: str) -> str:
@@ -548,6 +552,7 @@ class SimulationResult:
     samples: np.ndarray = field(repr=False)  # float32 [N]: the received signal
     num_codebooks: int
     fec_codebooks: int
+    fec_depth: int
     frames_per_packet: int
     concealment: str
     channel: str
@@ -556,7 +561,7 @@ class SimulationResult:
     packets_lost: int  # never arrived intact: lost by the channel or corrupted (not late)
     stats: ReceiverStats
     payload_kbps: float  # the codes themselves
-    fec_kbps: float  # the FEC copies
+    fec_kbps: float  # the FEC copies (all D of them)
     packet_kbps: float  # whole packets: payload, FEC and our 13-byte header
     rtp_udp_ipv4_kbps: float  # what RTP/UDP/IPv4 headers (40 bytes per packet) would add
     codec_latency_ms: float  # frame + lookahead
@@ -587,8 +592,9 @@ class SimulationResult:
 
 def simulate(codec: Codec, samples: np.ndarray, kbps: float | None = None,
              channel: Channel | None = None, *, num_codebooks: int | None = None,
-             fec_codebooks: int = 0, frames_per_packet: int = 1, playout_delay: float = 0.04,
-             concealment: str = "interpolate", first_seq: int = 0, quality: bool = True,
+             fec_codebooks: int = 0, fec_depth: int = 1, frames_per_packet: int = 1,
+             playout_delay: float = 0.04, concealment: str = "interpolate", first_seq: int = 0,
+             quality: bool = True,
              perceptual: bool = True, codes: np.ndarray | None = None,
              clean: np.ndarray | None = None, key: bytes | None = None) -> SimulationResult:
     """Send ``samples`` through packets, ``channel`` and a receiver, all in this process.
@@ -598,7 +604,9 @@ def simulate(codec: Codec, samples: np.ndarray, kbps: float | None = None,
         samples: float32 ``[N]`` at the codec rate.
         kbps: payload bitrate (or give ``num_codebooks``).
         channel: what happens to the packets (default: a perfect channel).
-        fec_codebooks: C > 0 adds the first C codebooks of the previous packet to each packet.
+        fec_codebooks: C > 0 adds the first C codebooks of the previous packet to each packet
+            (of the previous D packets with ``fec_depth = D``).
+        fec_depth: D, how many earlier packets each packet copies.
         frames_per_packet: F, frames per packet.
         playout_delay: jitter buffer delay in seconds.
         concealment: one of :data:`CONCEALMENTS`.
@@ -632,7 +640,7 @@ def simulate(codec: Codec, samples: np.ndarray, kbps: float | None = None,
 
     dur = cfg.frame_size / cfg.sample_rate
     packetizer = Packetizer(cfg.bits_per_code, cfg.frame_size, frames_per_packet, fec_codebooks,
-                            first_seq)
+                            first_seq, fec_depth=fec_depth)
     packets = packetizer.push(codes) + packetizer.flush()
     sends, frame_end = [], 0
     for p in packets:
@@ -667,7 +675,7 @@ def simulate(codec: Codec, samples: np.ndarray, kbps: float | None = None,
     seconds = codes.shape[1] * dur
     bits = cfg.bits_per_code
     payload = sum(p.num_codebooks * p.num_frames for p in packets) * bits
-    fec = sum(p.fec_codebooks * p.num_frames for p in packets) * bits
+    fec = sum(p.fec.size for p in packets) * bits
     wire = sum(len(b) for _, b in sends) * 8
     q = qv = qc = None
     if quality:
@@ -677,7 +685,7 @@ def simulate(codec: Codec, samples: np.ndarray, kbps: float | None = None,
         qv = compute_quality(clean, y, cfg.sample_rate, perceptual)
         qc = compute_quality(x, clean, cfg.sample_rate, perceptual)
     return SimulationResult(
-        samples=y, num_codebooks=num_codebooks, fec_codebooks=fec_codebooks,
+        samples=y, num_codebooks=num_codebooks, fec_codebooks=fec_codebooks, fec_depth=fec_depth,
         frames_per_packet=frames_per_packet, concealment=concealment, channel=repr(channel),
         duration_s=n / cfg.sample_rate, packets_sent=len(packets),
         packets_lost=len(packets) - rx.stats.packets_used - rx.stats.packets_late, stats=rx.stats,
@@ -706,9 +714,13 @@ def format_quality(q: Quality | None) -> str:
 def format_report(r: SimulationResult) -> str:
     """A few human-readable lines about one simulation."""
     s = r.stats
-    fec = f", FEC {r.fec_codebooks} codebooks (+{r.fec_kbps:.2f} kbps)" if r.fec_codebooks else ""
+    fec = ""
+    if r.fec_codebooks:
+        depth = f" of each of {r.fec_depth} packets" if r.fec_depth > 1 else ""
+        fec = f", FEC {r.fec_codebooks} codebooks{depth} (+{r.fec_kbps:.2f} kbps)"
     auth = f" + authentication {r.auth_kbps:.2f} kbps" if r.auth_kbps else ""
-    header = f"{OVERHEAD_BYTES}-byte header+CRC" + (f", {TAG_SIZE}-byte tag" if auth else "")
+    overhead = OVERHEAD_BYTES + (r.fec_depth > 1 and r.fec_codebooks > 0)
+    header = f"{overhead}-byte header+CRC" + (f", {TAG_SIZE}-byte tag" if auth else "")
     lines = [
         f"channel      {r.channel}",
         f"stream       {r.duration_s:.2f} s, {r.num_codebooks} codebooks, "

@@ -57,6 +57,7 @@ from .packet import (
     check_key,
     crc16,
     is_end_packet,
+    max_packet_size,
     nominal_rates,
     seq_add,
     serialize_packet,
@@ -307,14 +308,15 @@ class SendResult:
     authenticated: bool = False
     auth_kbps: float = 0.0  # the authentication tags (included in packet_kbps)
     interrupted: bool = False  # stopped early by Ctrl-C / SIGTERM (END still sent)
+    fec_depth: int = 1
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int], *,
-             fec_codebooks: int = 0, frames_per_packet: int = 1, fast: bool = False,
-             first_seq: int = 0, original_sample_rate: int | None = None,
+             fec_codebooks: int = 0, fec_depth: int = 1, frames_per_packet: int = 1,
+             fast: bool = False, first_seq: int = 0, original_sample_rate: int | None = None,
              original_num_samples: int | None = None, key: bytes | None = None,
              sleep: Callable[[float], None] = time.sleep) -> SendResult:
     """Encode ``samples [N]`` (codec rate) frame by frame and send the packets to ``to``.
@@ -337,7 +339,7 @@ def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int]
     padded[:n] = x
     dur = cfg.frame_size / cfg.sample_rate
     packetizer = Packetizer(cfg.bits_per_code, cfg.frame_size, frames_per_packet, fec_codebooks,
-                            first_seq)
+                            first_seq, fec_depth=fec_depth)
     encoder = codec.stream_encoder(num_codebooks)
     host, port = to
     sock = _udp_socket()
@@ -370,7 +372,7 @@ def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int]
                         p.timestamp, p.num_frames * cfg.frame_size, TS_BITS))
                     nbytes += len(data)
                     payload_bits += p.num_codebooks * p.num_frames * cfg.bits_per_code
-                    fec_bits += p.fec_codebooks * p.num_frames * cfg.bits_per_code
+                    fec_bits += p.fec.size * cfg.bits_per_code
         except KeyboardInterrupt:
             # Hang up properly: END follows the last packet sent (one made but not sent is not
             # announced) and gives only what was sent (and the same share of the original
@@ -398,6 +400,7 @@ def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int]
         rtp_udp_ipv4_kbps=sent * RTP_UDP_IPV4_BYTES * 8 / seconds / 1000,
         wall_s=time.monotonic() - start, realtime=not fast, authenticated=key is not None,
         auth_kbps=sent * TAG_SIZE * 8 / seconds / 1000 if key is not None else 0.0,
+        fec_depth=fec_depth,
         interrupted=interrupted)
 
 
@@ -436,7 +439,8 @@ def garbage_datagram(rng: np.random.Generator, recent: list[bytes],
     ``recent`` (oldest first) where it needs one:
 
     * ``random``: 1-64 random bytes (a receiver sees a checksum error, or a truncated packet);
-    * ``oversized``: 9-20 kB of random bytes, more than any packet of a 12-codebook model;
+    * ``oversized``: random bytes, 1 to 2 times more than any packet of a 12-codebook model
+      (19 kB, with the deepest FEC and a tag);
     * ``malformed``: the last packet with a header field made invalid and the CRC fixed;
     * ``replay``: a copy of a packet sent 50-500 packets ago, intact (a duplicate or late);
     * ``far_future``: the last packet moved 2**22 frames of 320 samples (23 hours) and 20000
@@ -452,7 +456,8 @@ def garbage_datagram(rng: np.random.Generator, recent: list[bytes],
     if kind == "random":
         return kind, rng.bytes(int(rng.integers(1, 65)))
     if kind == "oversized":
-        return kind, rng.bytes(int(rng.integers(9000, 20001)))
+        least = max_packet_size(12, 10, authenticated=True) + 1
+        return kind, rng.bytes(int(rng.integers(least, 2 * least)))
     if kind == "replay":
         back = int(rng.integers(50, _REPLAY_DEPTH + 1))
         return kind, recent[max(0, len(recent) - back)]
@@ -608,6 +613,7 @@ class ReceiveResult:
     wall_s: float
     num_codebooks: int = 0
     fec_codebooks: int = 0
+    fec_depth: int = 1
     frames_per_packet: int = 1
     rates: dict = field(default_factory=dict)  # packet.nominal_rates of the stream received
     quality: object = None  # metrics.Quality against a reference, if given
@@ -735,9 +741,10 @@ def receive_udp(codec, listen: tuple[str, int], output: str | os.PathLike, *,
         playout_delay_ms=playout_delay * 1000, codec_latency_ms=codec.latency.ms,
         packetization_ms=(rx.frames_per_packet - 1) * dur * 1000, stopped_by=stopped,
         wall_s=time.monotonic() - start, num_codebooks=rx.num_codebooks,
-        fec_codebooks=rx.fec_codebooks, frames_per_packet=rx.frames_per_packet,
+        fec_codebooks=rx.fec_codebooks, fec_depth=rx.fec_depth,
+        frames_per_packet=rx.frames_per_packet,
         rates=nominal_rates(rx.num_codebooks, rx.fec_codebooks, rx.frames_per_packet,
-                            cfg.bits_per_code, cfg.frame_rate, key is not None)
+                            cfg.bits_per_code, cfg.frame_rate, key is not None, rx.fec_depth)
         if rx.num_codebooks else {},
         authenticated=key is not None,
         peer=f"{rx.peer[0]}:{rx.peer[1]}" if rx.peer is not None and rx.anchor else "",

@@ -33,10 +33,11 @@ def test_simulate_writes_the_input_length_and_reports(model_file, talk, tmp_path
     out = tmp_path / "out.wav"
     rc, text = cli(["simulate", talk, out, "--model", model_file, "--kbps", "1.8", "--loss",
                     "20%", "--burst", "2", "--jitter", "30ms", "--playout-delay", "60ms",
-                    "--fec", "2", "--seed", "1"], capsys)
+                    "--fec", "2", "--fec-depth", "2", "--seed", "1"], capsys)
     assert rc == 0
     for word in ("sent", "lost", "late", "duplicated", "corrupted", "concealed",
-                 "recovered by FEC", "payload", "RTP/UDP/IPv4", "latency", "vs clean"):
+                 "recovered by FEC", "payload", "RTP/UDP/IPv4", "latency", "vs clean",
+                 "FEC 2 codebooks of each of 2 packets", "14-byte header"):
         assert word in text
     ref, rate = sf.read(talk)
     y, out_rate = sf.read(out)
@@ -76,6 +77,8 @@ def test_simulate_restores_the_input_rate(model_file, speech, tmp_path, capsys):
     (["--loss", "90%", "--burst", "2"], "burst"),
     (["--kbps", "2.75"], "unsupported bitrate"),
     (["--fec", "9"], "--fec"),
+    (["--fec-depth", "2"], "needs --fec"),
+    (["--fec", "1", "--fec-depth", "5"], "--fec-depth must be in 1..4"),
     (["--frames-per-packet", "0"], "frames-per-packet"),
 ])
 def test_simulate_user_errors(model_file, talk, tmp_path, capsys, argv, match):
@@ -144,19 +147,23 @@ def test_loss_pattern_is_seeded():
 
 
 def test_channel_benchmark_on_a_small_clip(tiny_codec, talk):
-    result = bench_run([talk], tiny_codec, kbps=1.8, fec=2, losses=(0.0, 0.2), burst=2.0)
+    result = bench_run([talk], tiny_codec, kbps=1.8, fec=2, losses=(0.0, 0.2), burst=2.0,
+                       fec_depth=2)
     s = result["summary"]
-    names = ["no concealment", "repeat + fade", "concealment", "concealment + FEC"]
-    assert list(s["conditions"])[:4] == names
+    names = ["no concealment", "repeat + fade", "concealment", "concealment + FEC",
+             "concealment + 2-deep FEC"]
+    assert list(s["conditions"])[:5] == names
     assert ("Opus" in s["conditions"]) == opus.available()
     for name in names:
         c = s["conditions"][name]
         assert len(c["pesq_wb"]) == len(c["stoi"]) == 2
-    assert s["conditions"]["concealment + FEC"]["kbps"] > s["conditions"]["concealment"]["kbps"]
+    kbps = [s["conditions"][n]["kbps"] for n in names[2:]]
+    assert kbps[0] < kbps[1] < kbps[2]  # each FEC copy costs
     # No loss: every speechcodec row is the clean decode.
     assert len({s["conditions"][n]["stoi"][0] for n in names}) == 1
     table = format_table(s)
     assert "| concealment + FEC |" in table and "20% loss" in table
+    assert "| concealment + 2-deep FEC |" in table and "previous 2 frames" in table
     # Without libopus the table says so rather than silently dropping the row.
     assert ("not measured" in table) != opus.available()
     s["conditions"].pop("Opus", None)

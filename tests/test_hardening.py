@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from speechcodec.cli_net import add_commands
 from speechcodec.cliutil import UserError
 from speechcodec.packet import (
+    MAX_FEC_DEPTH,
     TAG_SIZE,
     EndOfStream,
     Packet,
@@ -146,8 +147,9 @@ def test_oversized_datagrams_are_refused_unparsed(tiny_codec):
     cfg = tiny_codec.cfg
     assert limit == max_packet_size(cfg.num_codebooks, cfg.bits_per_code)
     # The largest packet this model can use is accepted...
-    big = Packet(0, 0, np.ones((cfg.num_codebooks, 255), int), np.ones((cfg.num_codebooks, 255),
-                 int), codebook_bits=cfg.bits_per_code)
+    k = cfg.num_codebooks
+    big = Packet(0, 0, np.ones((k, 255), int), np.ones((k * MAX_FEC_DEPTH, 255), int),
+                 codebook_bits=cfg.bits_per_code, fec_depth=MAX_FEC_DEPTH)
     assert len(serialize_packet(big)) == limit
     assert rx.receive(serialize_packet(big), 0.0) == "ok"
     # ... and one byte more is refused before parsing.

@@ -18,7 +18,9 @@ from speechcodec.bitstream import packed_size
 from speechcodec.packet import (
     CRC_SIZE,
     FLAG_AUTH,
+    FLAG_FEC_DEPTH,
     HEADER_SIZE,
+    MAX_FEC_DEPTH,
     OVERHEAD_BYTES,
     TAG_SIZE,
     AuthenticationError,
@@ -49,16 +51,17 @@ def packets(draw):
     k = draw(st.integers(1, 12))
     f = draw(st.integers(1, 4))
     c = draw(st.integers(0, k))
+    depth = draw(st.integers(1, MAX_FEC_DEPTH)) if c else 1
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     codes = rng.integers(0, 1 << bits, size=(k, f))
-    fec = rng.integers(0, 1 << bits, size=(c, f))
+    fec = rng.integers(0, 1 << bits, size=(depth * c, f))
     return Packet(draw(st.integers(0, 0xFFFF)), draw(st.integers(0, 2**32 - 1)), codes, fec,
-                  codebook_bits=bits)
+                  codebook_bits=bits, fec_depth=depth)
 
 
 def _same(a: Packet, b: Packet) -> bool:
-    return (a.seq, a.timestamp, a.codebook_bits, a.end) == (b.seq, b.timestamp, b.codebook_bits,
-                                                            b.end) and \
+    return (a.seq, a.timestamp, a.codebook_bits, a.end, a.fec_depth) == (
+        b.seq, b.timestamp, b.codebook_bits, b.end, b.fec_depth) and \
         np.array_equal(a.codes, b.codes) and np.array_equal(a.fec, b.fec)
 
 
@@ -76,8 +79,8 @@ def _media(k=6, f=1, c=3, bits=10) -> Packet:
 @given(packets())
 def test_roundtrip_and_size(p):
     data = serialize_packet(p)
-    assert len(data) == p.size == OVERHEAD_BYTES + packed_size(
-        p.num_codebooks + p.fec_codebooks, p.num_frames, p.codebook_bits)
+    assert len(data) == p.size == OVERHEAD_BYTES + (p.fec_depth > 1) + packed_size(
+        p.num_codebooks + p.fec_depth * p.fec_codebooks, p.num_frames, p.codebook_bits)
     q = parse_packet(data)
     assert _same(p, q)
     assert serialize_packet(q) == data
@@ -101,6 +104,51 @@ def test_layout_matches_the_diagram():
     # codes 1, 2 then FEC 3, 10 bits each, MSB first: 0000000001 0000000010 0000000011 00
     assert data[HEADER_SIZE:-CRC_SIZE] == bytes([0x00, 0x40, 0x20, 0x0C])
     assert struct.unpack(">H", data[-2:])[0] == crc16(data[:-2])
+
+
+def test_fec_depth_layout():
+    """With two FEC copies: flag DEPTH, the depth byte after the header, then codes 1, 2, the
+    copy of the packet before (3) and of the one before that (4)."""
+    p = Packet(0x1234, 0x01020304, np.array([[1], [2]]), np.array([[3], [4]]), codebook_bits=10,
+               fec_depth=2)
+    data = serialize_packet(p)
+    assert data[0] == 0x10 | FLAG_FEC_DEPTH and tuple(data[8:12]) == (2, 1, 1, 2)
+    # 0000000001 0000000010 0000000011 0000000100: 40 bits, no padding
+    assert data[HEADER_SIZE + 1:-CRC_SIZE] == bytes([0x00, 0x40, 0x20, 0x0C, 0x04])
+    q = parse_packet(data)
+    assert q.fec_depth == 2 and q.fec_codebooks == 1 and len(data) == p.size
+    assert q.fec_copy(1).tolist() == [[3]] and q.fec_copy(2).tolist() == [[4]]
+    with pytest.raises(ValueError, match=r"1\.\.2"):
+        q.fec_copy(3)
+    # Depth 1 is the packet without the flag and without the byte, as before the flag existed.
+    one = serialize_packet(Packet(0x1234, 0x01020304, np.array([[1], [2]]), np.array([[3]]),
+                                  codebook_bits=10, fec_depth=1))
+    assert one[0] == 0x10 and len(one) == len(data) - 2  # one byte of header, one of payload
+
+
+def test_bad_fec_depth_with_valid_crc():
+    body = bytearray(serialize_packet(Packet(1, 0, np.array([[1], [2]]), np.array([[3], [4]]),
+                                             fec_depth=2))[:-2])
+    for depth in (0, 1, MAX_FEC_DEPTH + 1, 255):
+        b = bytearray(body)
+        b[HEADER_SIZE] = depth
+        with pytest.raises(PacketError, match="fec_depth"):
+            parse_packet(_with_crc(bytes(b)))
+    b = bytearray(body)
+    b[HEADER_SIZE] = 3  # the payload holds only two copies
+    with pytest.raises(PacketError, match=r"2\+3x1 codebooks"):
+        parse_packet(_with_crc(bytes(b)))
+    b = bytearray(body)
+    b[10] = 0  # DEPTH without FEC codebooks
+    with pytest.raises(PacketError, match="without FEC"):
+        parse_packet(_with_crc(bytes(b)))
+    flagged = _with_crc(bytes([0x10 | FLAG_FEC_DEPTH]) + serialize_packet(_media())[1:HEADER_SIZE])
+    with pytest.raises(PacketError, match="truncated"):  # the flag, and nothing after the header
+        parse_packet(flagged)
+    with pytest.raises(ValueError, match="multiple"):
+        Packet(0, 0, np.zeros((2, 1), int), np.zeros((3, 1), int), fec_depth=2)
+    with pytest.raises(ValueError):
+        Packet(0, 0, np.zeros((2, 1), int), np.zeros((10, 1), int), fec_depth=5)
 
 
 def test_crc16_check_value():
@@ -368,9 +416,15 @@ def test_parse_memory_is_bounded():
 
 
 def test_max_packet_size():
-    assert max_packet_size(12, 10) == OVERHEAD_BYTES + packed_size(24, 255, 10)
+    # 12 codebooks and MAX_FEC_DEPTH copies of 12, 255 frames, and the fec_depth byte
+    assert max_packet_size(12, 10) == OVERHEAD_BYTES + 1 + packed_size(
+        12 * (1 + MAX_FEC_DEPTH), 255, 10)
     assert max_packet_size(12, 10, authenticated=True) == max_packet_size(12, 10) + TAG_SIZE
-    assert max_packet_size(1, 1, frames_per_packet=1) == OVERHEAD_BYTES + 12  # room for END
+    assert max_packet_size(1, 1, frames_per_packet=1) == OVERHEAD_BYTES + 1 + 12  # room for END
+    rng = np.random.default_rng(0)
+    deepest = Packet(1, 0, rng.integers(0, 1024, (12, 255)),
+                     rng.integers(0, 1024, (12 * MAX_FEC_DEPTH, 255)), fec_depth=MAX_FEC_DEPTH)
+    assert len(serialize_packet(deepest, KEY)) == max_packet_size(12, 10, authenticated=True)
 
 
 # -- sequence numbers -------------------------------------------------------------------------
@@ -418,6 +472,20 @@ def test_packetizer_seq_wrap_timestamps_and_fec():
     assert np.array_equal(np.concatenate([p.codes for p in pk], axis=1), codes)
 
 
+def test_packetizer_fec_depth():
+    """Each packet copies the previous two (as many as exist; not the short last one's)."""
+    codes = np.random.default_rng(4).integers(0, 1024, (6, 9))
+    pk = packetize(codes, 10, 320, frames_per_packet=2, fec_codebooks=3, fec_depth=2)
+    assert [p.fec_depth for p in pk] == [1, 1, 2, 2, 1]
+    assert [p.fec_codebooks for p in pk] == [0, 3, 3, 3, 0]
+    for i in (2, 3):
+        for d in (1, 2):
+            assert np.array_equal(pk[i].fec_copy(d), pk[i - d].codes[:3])
+    assert all(_same(parse_packet(serialize_packet(p)), p) for p in pk)
+    with pytest.raises(ValueError):
+        Packetizer(10, 320, fec_codebooks=1, fec_depth=MAX_FEC_DEPTH + 1)
+
+
 def test_packetizer_streams_like_packetize():
     codes = np.random.default_rng(0).integers(0, 1024, (3, 10))
     p = Packetizer(10, 320, 3, fec_codebooks=1)
@@ -437,6 +505,10 @@ def test_nominal_rates():
     assert a["auth_kbps"] == pytest.approx(4.0)
     assert a["packet_kbps"] == pytest.approx(r["packet_kbps"] + 4.0)
     assert nominal_rates(6, 0, 2, 10, 50.0, True)["auth_kbps"] == pytest.approx(2.0)
+    d = nominal_rates(6, 3, 1, 10, 50.0, fec_depth=2)
+    assert d["fec_kbps"] == pytest.approx(3.0)
+    assert d["packet_kbps"] == pytest.approx((13 + 1 + 15) * 8 * 50 / 1000)  # 120 bits of codes
+    assert nominal_rates(6, 0, 1, 10, 50.0, fec_depth=2) == nominal_rates(6, 0, 1, 10, 50.0)
 
 
 def test_modules_do_not_import_torch():

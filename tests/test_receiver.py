@@ -79,6 +79,21 @@ def test_lost_packet_recovered_by_fec(tiny_codec, clip):
     assert err[1] < err[0]
 
 
+def test_fec_depth_recovers_a_burst(tiny_codec, clip):
+    """Two packets lost in a row: one FEC copy recovers the second frame only, two copies
+    recover both, if the playout delay (40 ms) covers the two packets the oldest copy waits."""
+    runs = {d: simulate(tiny_codec, clip, num_codebooks=K, fec_codebooks=2, fec_depth=d,
+                        channel=FixedPattern(".....xx"), quality=False) for d in (1, 2)}
+    assert (runs[1].stats.frames_recovered_fec, runs[1].stats.frames_concealed) == (1, 1)
+    assert (runs[2].stats.frames_recovered_fec, runs[2].stats.frames_concealed) == (2, 0)
+    n = runs[2].packets_sent  # the first packet copies nothing, the second one packet
+    assert runs[2].fec_kbps == pytest.approx(runs[1].fec_kbps * (2 * n - 3) / (n - 1))
+    assert runs[2].fec_depth == 2 and "of each of 2 packets" in format_report(runs[2])
+    short = simulate(tiny_codec, clip, num_codebooks=K, fec_codebooks=2, fec_depth=2,
+                     channel=FixedPattern(".....xx"), playout_delay=0.02, quality=False)
+    assert (short.stats.frames_recovered_fec, short.stats.frames_concealed) == (1, 1)
+
+
 def test_fec_needs_the_next_packet_in_time(tiny_codec, clip):
     # With no playout delay the packet carrying the FEC copy arrives after the lost frame's turn.
     r = simulate(tiny_codec, clip, num_codebooks=K, fec_codebooks=3, playout_delay=0.0,

@@ -85,8 +85,8 @@ def test_send_relay_receive_processes(model_file, talk, tmp_path):
         send = subprocess.run(
             [sys.executable, "-m", "speechcodec", "send", str(talk), "--to",
              f"127.0.0.1:{relay_port}", "--model", str(model_file), "--kbps", "1.8", "--fec",
-             "2", "--fast", "--json"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-            timeout=120)
+             "2", "--fec-depth", "2", "--fast", "--json"], cwd=ROOT, env=ENV, capture_output=True,
+            text=True, timeout=120)
         assert send.returncode == 0, send.stderr
         sent = json.loads(send.stdout)
         rx_out, rx_err = rx.communicate(timeout=60)
@@ -108,6 +108,9 @@ def test_send_relay_receive_processes(model_file, talk, tmp_path):
     assert s["frames_decoded"] + s["frames_recovered_fec"] + s["frames_concealed"] == \
         s["frames_played"]
     assert got["rates"]["payload_kbps"] == pytest.approx(1.8)
+    # Two FEC copies of 2 codebooks each (of 6 sent): 1.2 kbps, on both ends.
+    assert sent["fec_depth"] == got["fec_depth"] == 2
+    assert got["rates"]["fec_kbps"] == pytest.approx(1.2)
     ref, rate = sf.read(talk)
     y, out_rate = sf.read(out)
     assert out_rate == rate and len(y) == len(ref) == got["num_samples"]
