@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                         "real time until the end of the stream arrives)")
     p.add_argument("--kbps", default="3")
     p.add_argument("--fec", default="3")
+    p.add_argument("--fec-depth", default="1", help="FEC copies of this many packets (default 1)")
     p.add_argument("--loss", default="20%")
     p.add_argument("--burst", default="3")
     p.add_argument("--jitter", default="30ms")
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             t.start()
         send = Proc("sender", ["send", str(src), "--to", f"127.0.0.1:{relay_port}", "--kbps",
-                               args.kbps, "--fec", args.fec, "--json",
+                               args.kbps, "--fec", args.fec, "--fec-depth", args.fec_depth,
+                               "--json",
                                *(["--fast"] if args.fast else []), *model], send_env)
         procs.append(send)
         while send.p.poll() is None and rx.p.poll() is None and time.monotonic() < deadline:

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_short_soak(tmp_path):
     r = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "soak.py"), "--minutes", "0.15", "--garbage",
-         "10%", "--out", str(tmp_path), "--json"],
+         "10%", "--fec-depth", "2", "--out", str(tmp_path), "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=200)
     text = r.stdout
     assert r.returncode == 0, text[-4000:] + r.stderr[-2000:]
@@ -28,5 +28,6 @@ def test_short_soak(tmp_path):
     junk = sum(summary["relay"]["garbage_sent"].values())
     assert junk > 0 and st["packets_used"] <= summary["sender"]["packets_sent"]
     assert summary["rss"]["samples"] > 5
+    assert summary["receiver"]["fec_depth"] == 2 and summary["receiver"]["rates"]["fec_kbps"] == 3
     for word in ("refused", "wrong peer", "memory       receiver RSS start", "result       PASS"):
         assert word in text
