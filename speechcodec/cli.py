@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="training checkpoint -> small hashed release file")
     x.add_argument("checkpoint", help="checkpoint.pt from `speechcodec train`")
-    x.add_argument("--model-id", default="speechcodec-base-v7", help="name to register")
+    x.add_argument("--model-id", default="speechcodec-base-v8", help="name to register")
     x.add_argument("--out", help="folder (default: the package's pretrained/ folder)")
     x.set_defaults(func=cmd_export)
 

@@ -177,6 +177,22 @@ def test_release_roundtrip_is_strict_and_hashed(tiny_codec, tmp_path):
         load_codec(str(bad))
 
 
+def test_shipped_model_is_small_registered_and_real_time():
+    """The release the package loads by default: at most 10 MB (the quality issue's limit), its
+    hash as registered, and an architecture whose latency stays at 40 ms."""
+    import hashlib
+    import json
+
+    from speechcodec.pretrained import DEFAULT_MODEL, HERE, REGISTRY, load_codec
+
+    entry = json.loads(REGISTRY.read_text())[DEFAULT_MODEL]
+    path = HERE / entry["file"]
+    assert path.stat().st_size <= 10_000_000
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+    codec = load_codec()
+    assert codec.model_id == DEFAULT_MODEL and codec.latency.ms == 40
+
+
 def test_dead_code_restart_moves_only_unused_codewords():
     from speechcodec.quantizer import VectorQuantizer
 
