@@ -40,8 +40,10 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -314,6 +316,26 @@ class SendResult:
         return asdict(self)
 
 
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block has run, then deliver them to the handlers that
+    were set (in the main thread; elsewhere Python delivers no signals anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    kinds = (signal.SIGINT, signal.SIGTERM)
+    before = {k: signal.signal(k, lambda signum, frame: caught.append(signum)) for k in kinds}
+    try:
+        yield
+    finally:
+        for k, handler in before.items():
+            if handler is not None:  # None: set outside Python, cannot be restored
+                signal.signal(k, handler)
+        for signum in caught[:1]:
+            signal.raise_signal(signum)
+
+
 def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int], *,
              fec_codebooks: int = 0, fec_depth: int = 1, frames_per_packet: int = 1,
              fast: bool = False, first_seq: int = 0, original_sample_rate: int | None = None,
@@ -365,11 +387,14 @@ def send_udp(codec, samples: np.ndarray, num_codebooks: int, to: tuple[str, int]
                         sleep(wait)
                 for p in packets:
                     data = serialize_packet(p, key)
-                    sock.sendto(data, (host, port))
-                    sent += 1
-                    sent_frames += p.num_frames
-                    after_last_sent = (seq_add(p.seq, 1), seq_add(
-                        p.timestamp, p.num_frames * cfg.frame_size, TS_BITS))
+                    # A Ctrl-C between sending and counting would make END announce one
+                    # packet fewer than went out: the signal waits for the count.
+                    with _signals_held():
+                        sock.sendto(data, (host, port))
+                        sent += 1
+                        sent_frames += p.num_frames
+                        after_last_sent = (seq_add(p.seq, 1), seq_add(
+                            p.timestamp, p.num_frames * cfg.frame_size, TS_BITS))
                     nbytes += len(data)
                     payload_bits += p.num_codebooks * p.num_frames * cfg.bits_per_code
                     fec_bits += p.fec.size * cfg.bits_per_code

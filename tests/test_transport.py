@@ -229,6 +229,23 @@ def test_interrupted_sender_hangs_up_and_the_receiver_keeps_what_was_sent(model_
     assert rate == 16000 and len(y) == got["num_samples"] == sent["packets_sent"] * 320
 
 
+def test_signals_held_until_the_block_ends():
+    """Ctrl-C inside the sender's send-and-count block arrives after it, through the handler
+    that was set before."""
+    from speechcodec.transport import _signals_held
+
+    steps = []
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with _signals_held():
+            signal.raise_signal(signal.SIGINT)
+            steps.append("counted")
+    assert steps == ["counted"] and signal.getsignal(signal.SIGINT) is before
+    with _signals_held():  # nothing caught: nothing raised
+        steps.append("again")
+    assert steps == ["counted", "again"]
+
+
 def test_wav_writer_is_valid_after_every_write(tmp_path):
     path = tmp_path / "live.wav"
     w = WavWriter(path, 16000)
