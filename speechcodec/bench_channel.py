@@ -33,6 +33,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = ROOT.parent / "shared" / "data" / "valid.csv"
+
+__all__ = ["format_table", "loss_pattern", "main", "plcmos", "run"]
+
+
 def _receivers(fec: int, fec_depth: int) -> list[tuple[str, str, int, int]]:
     """(row name, concealment, FEC codebooks, FEC depth) of the speechcodec rows."""
     rows = [("no concealment", "none", 0, 1), ("repeat + fade", "repeat", 0, 1),
@@ -40,8 +44,6 @@ def _receivers(fec: int, fec_depth: int) -> list[tuple[str, str, int, int]]:
     if fec_depth > 1:
         rows.append((f"concealment + {fec_depth}-deep FEC", "interpolate", fec, fec_depth))
     return rows
-
-__all__ = ["format_table", "loss_pattern", "main", "plcmos", "run"]
 
 
 def loss_pattern(loss: float, burst: float, num_packets: int, seed: int) -> list[bool]:
@@ -196,11 +198,12 @@ def run(files, codec, kbps: float = 3.0, fec: int = 3, losses=(0.0, 0.05, 0.10, 
                 if progress:
                     progress(fi, files[fi], seconds)
     rows = [r for fi in sorted(per_file) for r in per_file[fi]]
-    conditions = [name for name, *_ in _receivers(fec, fec_depth)] + (["Opus"] if opus_kbps
-                                                                      else [])
+    conditions = [name for name, *_ in _receivers(fec, fec_depth)]
+    if opus_kbps:
+        conditions.append("Opus")
     summary = {"files": len(files), "kbps": kbps, "fec_codebooks": fec, "fec_depth": fec_depth,
-               "burst": burst,
-               "losses": list(losses), "model": codec.model_id, "opus_kbps": opus_kbps,
+               "burst": burst, "losses": list(losses), "model": codec.model_id,
+               "opus_kbps": opus_kbps,
                "plcmos": with_plcmos,
                "measured_loss": [_mean(r["measured_loss"] for r in rows if r["loss"] == loss)
                                  for loss in losses],

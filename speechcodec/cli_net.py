@@ -261,8 +261,8 @@ def cmd_send(args) -> int:
     _signals_as_interrupt()
     try:
         r = send_udp(codec, audio.samples, k, to, fec_codebooks=fec, fec_depth=depth,
-                     frames_per_packet=fpp,
-                     fast=args.fast, original_sample_rate=audio.original_sample_rate,
+                     frames_per_packet=fpp, fast=args.fast,
+                     original_sample_rate=audio.original_sample_rate,
                      original_num_samples=audio.original_num_samples, key=key)
     except OSError as e:
         raise UserError(f"cannot send to {to[0]}:{to[1]}: {e.strerror or e}") from None

@@ -583,8 +583,9 @@ def nominal_rates(num_codebooks: int, fec_codebooks: int, frames_per_packet: int
     included) and ``rtp_udp_ipv4_kbps`` (what those headers would add on a real network)."""
     packets_per_s = frame_rate / frames_per_packet
     tag = TAG_SIZE if authenticated else 0
-    fec_rows = fec_codebooks * fec_depth if fec_codebooks else 0
-    size = (OVERHEAD_BYTES + (fec_depth > 1 and fec_rows > 0) + tag
+    fec_rows = fec_codebooks * fec_depth
+    depth_byte = 1 if fec_rows and fec_depth > 1 else 0
+    size = (OVERHEAD_BYTES + depth_byte + tag
             + packed_size(num_codebooks + fec_rows, frames_per_packet, codebook_bits))
     return {
         "payload_kbps": num_codebooks * codebook_bits * frame_rate / 1000,
