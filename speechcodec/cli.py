@@ -44,7 +44,8 @@ def _parse_overrides(items: list[str]) -> tuple[dict, dict]:
                     raise ValueError(value)
                 parsed = value.lower() in ("true", "1")
             elif isinstance(default, tuple):
-                parsed = tuple(type(default[0])(v) for v in value.split(","))
+                kind = type(default[0]) if default else str
+                parsed = tuple(kind(v) for v in value.split(","))
             else:
                 parsed = type(default)(value)
         except ValueError:
@@ -317,9 +318,12 @@ def cmd_train(args) -> int:
         train_kw["steps"] = args.steps
     if args.resume and codec_kw:
         raise UserError("--resume keeps the run's architecture; drop the CodecConfig --set keys")
-    path = train(args.data, args.out, valid=args.valid,
-                 cfg=None if args.resume else CodecConfig(**codec_kw), resume=args.resume,
-                 init=args.init, max_minutes=args.max_minutes, train_overrides=train_kw)
+    try:
+        path = train(args.data, args.out, valid=args.valid,
+                     cfg=None if args.resume else CodecConfig(**codec_kw), resume=args.resume,
+                     init=args.init, max_minutes=args.max_minutes, train_overrides=train_kw)
+    except ValueError as e:  # an --init of another architecture, a fast_params name not in it
+        raise UserError(str(e)) from None
     print(f"checkpoint: {path}")
     return 0
 

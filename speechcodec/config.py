@@ -109,6 +109,11 @@ class TrainConfig:
     betas: tuple[float, float] = (0.8, 0.99)
     weight_decay: float = 1e-2
     warmup_steps: int = 500
+    # Parameters under these module names (for example `decoder.low.7`) learn at `fast_lr_mult`
+    # times `lr`: blocks grown in late start at zero and, at the shared rate, stayed 5-20x
+    # smaller than the blocks trained from the start.
+    fast_params: tuple[str, ...] = ()
+    fast_lr_mult: float = 1.0
     grad_clip: float = 1.0
     seed: int = 0
     # Quantizer dropout: each training example uses one of these codebook counts (half of them
@@ -181,7 +186,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         for k in ("betas", "codebook_choices", "mel_windows", "stft_windows", "gain_db_range",
-                  "disc_windows"):
+                  "disc_windows", "fast_params"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)

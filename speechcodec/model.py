@@ -184,11 +184,18 @@ class Codec(nn.Module):
             sd[k] = v.half() if v.is_floating_point() else v
         return sd
 
-    def save_release(self, path: str | Path, model_id: str, card: dict | None = None) -> str:
-        """Write a small release file; returns its SHA-256 (hex)."""
+    def save_release(self, path: str | Path, model_id: str, card: dict | None = None,
+                     int8: bool = True) -> str:
+        """Write a small release file; returns its SHA-256 (hex). With `int8`, the encoder's
+        and decoder's weight matrices are stored in 8 bits (see `quantize_rows`), which halves
+        the file; everything else, the codebooks included, in float16."""
+        state, packed = self.export_state(), {}
+        if int8:
+            for k in [k for k in state if _stored_in_8_bits(k, state[k])]:
+                packed[k] = dict(zip(("q", "scale"), quantize_rows(state.pop(k).float())))
         buf = io.BytesIO()
-        torch.save({"model_id": model_id, "config": self.cfg.to_dict(),
-                    "state_dict": self.export_state(), "card": card or {}}, buf)
+        torch.save({"model_id": model_id, "config": self.cfg.to_dict(), "state_dict": state,
+                    **({"int8": packed} if packed else {}), "card": card or {}}, buf)
         data = buf.getvalue()
         Path(path).write_bytes(data)
         return hashlib.sha256(data).hexdigest()
@@ -197,9 +204,7 @@ class Codec(nn.Module):
     def from_release_bytes(cls, data: bytes) -> Codec:
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         model = cls(CodecConfig.from_dict(blob["config"]))
-        state = {k: v.float() if v.is_floating_point() else v
-                 for k, v in blob["state_dict"].items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(release_state(blob), strict=False)
         # Only the training-only EMA buffers may be absent; anything else is an error.
         missing = [k for k in missing if not k.endswith(("ema_count", "ema_sum", "initialised"))]
         if missing or unexpected:
@@ -210,6 +215,34 @@ class Codec(nn.Module):
         model.model_id = blob["model_id"]
         model.weights_hash = hashlib.sha256(data).hexdigest()[:16]
         return model.eval()
+
+
+def _stored_in_8_bits(name: str, t: torch.Tensor) -> bool:
+    """Encoder and decoder weight matrices and kernels; not biases, norms, layer scales or the
+    quantizer (its codebooks decide which code is sent, and are small)."""
+    return (t.is_floating_point() and t.dim() >= 2 and t.numel() >= 4096
+            and name.startswith(("encoder.", "decoder.")))
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`w [R, ...]` -> (int8 `q`, float16 `scale [R]`), symmetric per output row (per output
+    channel): `w ~ q * scale`, the row's largest magnitude mapped to 127. The error is at most
+    half a step, 1/254 of the row's largest weight."""
+    peak = w.reshape(w.shape[0], -1).abs().amax(dim=1)
+    scale = (peak / 127).clamp(min=1e-12).half()
+    step = scale.float().reshape(-1, *[1] * (w.dim() - 1))
+    return torch.round(w / step).clamp(-127, 127).to(torch.int8), scale
+
+
+def release_state(blob: dict) -> dict:
+    """A loaded release file -> its state dict in float32 (8-bit matrices expanded)."""
+    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    for k, entry in blob.get("int8", {}).items():
+        q, scale = entry["q"], entry["scale"]
+        if q.dtype != torch.int8 or scale.shape != q.shape[:1]:
+            raise ValueError(f"{k}: a malformed 8-bit tensor")
+        state[k] = q.float() * scale.float().reshape(-1, *[1] * (q.dim() - 1))
+    return state
 
 
 class StreamEncoder:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .audio import AudioError, load_audio
 from .config import CodecConfig, TrainConfig
 from .metrics import mel_filterbank
-from .model import Codec
+from .model import Codec, release_state
 from .pitch import pitch_loss, track_pitch
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -448,6 +448,23 @@ def save_checkpoint(path: Path, codec: Codec, opt, sched, step: int, tc: TrainCo
     os.replace(tmp, path)
 
 
+def param_groups(codec: Codec, tc: TrainConfig) -> list[dict]:
+    """The optimiser's groups: everything at `lr`, and the `fast_params` modules (if any) at
+    `fast_lr_mult` times `lr`, as a second group."""
+    def fast(name: str) -> bool:
+        return any(name.startswith(prefix + ".") for prefix in tc.fast_params)
+
+    named = list(codec.named_parameters())
+    for prefix in tc.fast_params:
+        if not any(name.startswith(prefix + ".") for name, _ in named):
+            raise ValueError(f"fast_params: no parameters under '{prefix}' in this model")
+    groups = [{"params": [p for n, p in named if not fast(n)]}]
+    if tc.fast_params:
+        groups.append({"params": [p for n, p in named if fast(n)],
+                       "lr": tc.lr * tc.fast_lr_mult})
+    return groups
+
+
 def lr_lambda(tc: TrainConfig):
     def f(step: int) -> float:
         if step < tc.warmup_steps:
@@ -493,7 +510,7 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
     for layer in codec.quantizer.layers:
         layer.decay = tc.ema_decay
     codec.quantizer.dead_threshold = tc.dead_code_threshold
-    opt = torch.optim.AdamW(codec.parameters(), lr=tc.lr, betas=tc.betas,
+    opt = torch.optim.AdamW(param_groups(codec, tc), lr=tc.lr, betas=tc.betas,
                             weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
     if state is not None:
@@ -625,7 +642,7 @@ def _warm_start(codec: Codec, init: str) -> None:
 
     path, _ = model_path(init)
     blob = torch.load(path, map_location="cpu", weights_only=False)
-    src_state = blob["model"] if "model" in blob else blob["state_dict"]
+    src_state = blob["model"] if "model" in blob else release_state(blob)
     own = codec.state_dict()
     src_state = _grow_decoder(src_state, own)
     copied = {k: v.float() if v.is_floating_point() else v for k, v in src_state.items()

@@ -151,3 +151,10 @@ def test_set_reads_booleans_and_refuses_junk():
     assert _parse_overrides(["phase_weight=0.5"])[1] == {"phase_weight": 0.5}
     with pytest.raises(UserError, match="cannot read"):
         _parse_overrides(["phase_advance=maybe"])
+
+
+def test_train_names_a_fast_params_module_the_model_lacks(tmp_path, capsys):
+    rc, _, err = run(["train", "--data", SAMPLE, "--out", tmp_path / "run",
+                      "--set", "fast_params=decoder.low.99", "--steps", "1"], capsys)
+    assert rc != 0 and "no parameters under 'decoder.low.99'" in err
+    assert "Traceback" not in err

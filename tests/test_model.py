@@ -177,6 +177,48 @@ def test_release_roundtrip_is_strict_and_hashed(tiny_codec, tmp_path):
         load_codec(str(bad))
 
 
+def test_quantize_rows_is_within_half_a_step_per_output_channel():
+    from speechcodec.model import quantize_rows
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 4, 3) * torch.tensor([1e-3, 0.1, 1.0, 10.0, 0.0, 5.0])[:, None, None]
+    q, scale = quantize_rows(w)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float16 and scale.shape == (6,)
+    back = q.float() * scale.float()[:, None, None]
+    assert torch.all((back - w).abs() <= scale.float()[:, None, None] / 2 + 1e-6)
+    peaks = q.reshape(6, -1).abs().amax(dim=1)
+    assert peaks[[0, 1, 2, 3, 5]].tolist() == [127] * 5 and peaks[4] == 0  # a zero row stays 0
+    assert torch.isfinite(back).all()
+
+
+def test_release_in_8_bits_is_smaller_sounds_the_same_and_is_checked(tiny_codec, tmp_path):
+    """Encoder and decoder matrices in 8 bits (the codebooks in float16): the file shrinks, the
+    decoder's output from the same codes barely moves, and a malformed 8-bit entry is refused."""
+    import dataclasses
+
+    from speechcodec.model import Codec
+    from speechcodec.pretrained import ModelError, load_codec
+
+    torch.manual_seed(0)
+    wide = Codec(dataclasses.replace(tiny_codec.cfg, decoder_width=96, encoder_width=96)).eval()
+    half, eight = tmp_path / "f16.pt", tmp_path / "i8.pt"
+    wide.save_release(half, "f16", int8=False)
+    wide.save_release(eight, "i8")
+    assert eight.stat().st_size < 0.7 * half.stat().st_size
+    blob = torch.load(eight, weights_only=True)
+    assert "decoder.low.0.pw1.weight" in blob["int8"]
+    assert not any(k.startswith("quantizer.") for k in blob["int8"])
+    a, b = load_codec(str(half)), load_codec(str(eight))
+    torch.testing.assert_close(a.quantizer.layers[0].codebook, b.quantizer.layers[0].codebook)
+    codes = a.encode(torch.randn(1, 320 * 8) * 0.1, 12)
+    ya, yb = a.decode(codes), b.decode(codes)
+    assert ((ya - yb).norm() / ya.norm()) < 0.05
+    blob["int8"]["decoder.low.0.pw1.weight"]["scale"] = torch.ones(3, dtype=torch.float16)
+    torch.save(blob, tmp_path / "bad.pt")
+    with pytest.raises(ModelError, match="malformed 8-bit"):
+        load_codec(str(tmp_path / "bad.pt"))
+
+
 def test_shipped_model_is_small_registered_and_real_time():
     """The release the package loads by default: at most 10 MB (the quality issue's limit), its
     hash as registered, and an architecture whose latency stays at 40 ms."""

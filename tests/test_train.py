@@ -151,8 +151,9 @@ def test_warm_start_keeps_encoder_and_decoder_under_a_new_quantizer(tmp_path):
     src.save_release(path, "src")
     other_q = Codec(dataclasses.replace(TINY, codebook_dim=4, codebook_size=32))
     _warm_start(other_q, str(path))
-    for name in ("encoder.analysis.weight", "decoder.head.proj.weight"):
-        assert torch.equal(other_q.state_dict()[name], src.state_dict()[name].half().float())
+    released = load_codec(str(path)).state_dict()  # as stored: float16, or 8 bits per weight
+    for name in ("encoder.analysis.weight", "decoder.head.proj.weight", "decoder.low.0.pw1.bias"):
+        assert torch.equal(other_q.state_dict()[name], released[name])
     assert other_q.quantizer.layers[0].codebook.shape == (32, 4)
     wider = Codec(dataclasses.replace(TINY, encoder_width=48))
     with pytest.raises(ValueError, match="different encoder/decoder"):
@@ -349,3 +350,31 @@ def test_harmonic_path_trains_its_pitch_from_tracked_targets(tmp_path):
         trained = torch.load(ckpt, weights_only=False)["model"]["decoder.harmonic.gate"]
         assert torch.allclose(trained, torch.full_like(trained, gate), atol=0.01)
         assert bool(trained.any()) == bool(gate)
+
+
+def test_fast_params_learn_at_their_own_rate_and_must_exist():
+    from speechcodec.cli import _parse_overrides
+    from speechcodec.model import Codec
+    from speechcodec.train import lr_lambda, param_groups
+
+    _, kw = _parse_overrides(["fast_params=decoder.low.0,decoder.high.0", "fast_lr_mult=3",
+                              "lr=2e-4"])
+    tc = TrainConfig(**kw)
+    assert tc.fast_params == ("decoder.low.0", "decoder.high.0")
+    assert TrainConfig.from_dict(tc.to_dict()) == tc  # as saved in a checkpoint (JSON lists)
+    codec = Codec(TINY)
+    groups = param_groups(codec, tc)
+    fast = {id(p) for p in groups[1]["params"]}
+    for name, p in codec.named_parameters():
+        assert (id(p) in fast) == name.startswith(("decoder.low.0.", "decoder.high.0."))
+    assert len(groups[0]["params"]) + len(fast) == len(list(codec.parameters()))
+    opt = torch.optim.AdamW(groups, lr=tc.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    slow_lr, fast_lr = sched.get_last_lr()
+    assert fast_lr == pytest.approx(3 * slow_lr) and slow_lr < 2e-4
+    assert len(param_groups(codec, TrainConfig())) == 1
+    with pytest.raises(ValueError, match=r"no parameters under 'decoder\.low\.5'"):
+        param_groups(codec, TrainConfig(fast_params=("decoder.low.5",)))
