@@ -716,8 +716,9 @@ def _append_csv(path: Path, row: dict) -> None:
 
 def export_release(checkpoint: str | os.PathLike, model_id: str, out_dir: str | os.PathLike
                    ) -> tuple[Path, str]:
-    """Checkpoint -> small release file `<out_dir>/<model_id>.pt` (float16 inference weights)
-    and its entry in `<out_dir>/registry.json`. Returns (path, SHA-256)."""
+    """Checkpoint -> small release file `<out_dir>/<model_id>.pt` (inference weights: encoder
+    and decoder matrices in 8 bits, the rest in float16; see `Codec.save_release`) and its
+    entry in `<out_dir>/registry.json`. Returns (path, SHA-256)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     codec = Codec(CodecConfig.from_dict(state["config"]))
     codec.load_state_dict(state["model"])
