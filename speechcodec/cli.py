@@ -284,6 +284,14 @@ def cmd_eval(args) -> int:
     from .train import list_audio
 
     codec = _codec(args)
+    if args.postfilter is not None:
+        import copy
+
+        codec = copy.deepcopy(codec)  # not the cached shared model
+        try:
+            codec.set_postfilter(args.postfilter)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     try:
         files = list_audio(args.data)
     except ValueError as e:
@@ -297,13 +305,16 @@ def cmd_eval(args) -> int:
         raise UserError(str(e)) from None
     if not rows:
         raise UserError(f"{args.data}: no readable audio files")
-    meta = {"data": str(args.data), "model": codec.model_id, "weights_hash": codec.weights_hash}
+    meta = {"data": str(args.data), "model": codec.model_id, "weights_hash": codec.weights_hash,
+            "postfilter": codec.cfg.postfilter}
     if args.out:
         write_results(Path(args.out), rows, summary, meta)
     if args.json:
         print_json({**meta, "summary": summary})
     else:
-        print(f"{meta['model']} ({meta['weights_hash']}) on {args.data}: mean ± 95% interval")
+        pf = f", postfilter {codec.cfg.postfilter:g}" if codec.cfg.postfilter else ""
+        print(f"{meta['model']} ({meta['weights_hash']}{pf}) on {args.data}: "
+              "mean ± 95% interval")
         print(format_summary(summary))
         if args.out:
             print(f"wrote {args.out}/per_file.csv, summary.csv, summary.json")
@@ -343,7 +354,11 @@ def cmd_export(args) -> int:
     from .pretrained import HERE
     from .train import export_release
 
-    path, digest = export_release(args.checkpoint, args.model_id, args.out or HERE)
+    try:
+        path, digest = export_release(args.checkpoint, args.model_id, args.out or HERE,
+                                      args.postfilter)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, sha256 {digest[:16]}...)")
     return 0
 
@@ -396,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--kbps", default="1.5,3,6", help="comma-separated bitrates (default 1.5,3,6)")
     v.add_argument("--out", help="folder for per_file.csv, summary.csv and summary.json")
     v.add_argument("--limit", type=int, help="only the first N files")
+    v.add_argument("--postfilter", type=float, metavar="STRENGTH",
+                   help="formant postfilter strength (0: off; default: the model's)")
     _common(v, writes=False)
     v.set_defaults(func=cmd_eval)
 
@@ -422,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("checkpoint", help="checkpoint.pt from `speechcodec train`")
     x.add_argument("--model-id", default="speechcodec-base-v8", help="name to register")
     x.add_argument("--out", help="folder (default: the package's pretrained/ folder)")
+    x.add_argument("--postfilter", type=float, metavar="STRENGTH",
+                   help="formant postfilter strength stored in the release (0: off; default: "
+                        "the checkpoint's)")
     x.set_defaults(func=cmd_export)
 
     from . import cli_compare, cli_explain, cli_net

@@ -47,6 +47,10 @@ class CodecConfig:
     phase_advance: bool = False
     # An explicit pitch path in the decoder (see layers.HarmonicSource).
     harmonic: bool = False
+    # Strength of the decoder's formant postfilter (`layers.FormantPostfilter`), applied outside
+    # training only; 0 turns it off. It changes no weights: `speechcodec export --postfilter`
+    # sets it in a release.
+    postfilter: float = 0.0
 
     def __post_init__(self) -> None:
         if self.frame_size % 2:

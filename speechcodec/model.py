@@ -6,6 +6,7 @@ codes `[B, K, F]` with F = T / frame_size frames and K codebooks.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from dataclasses import dataclass
@@ -15,7 +16,14 @@ import torch
 from torch import nn
 
 from .config import CodecConfig
-from .layers import CausalConv1d, ConvNeXtBlock, HarmonicSource, ISTFTHead, layer_scale_for
+from .layers import (
+    CausalConv1d,
+    ConvNeXtBlock,
+    FormantPostfilter,
+    HarmonicSource,
+    ISTFTHead,
+    layer_scale_for,
+)
 from .quantizer import QuantizedResult, ResidualVQ
 
 
@@ -61,6 +69,7 @@ class Decoder(nn.Module):
         self.head = ISTFTHead(w, cfg.n_fft, cfg.hop, cfg.phase_advance)
         self.harmonic = (HarmonicSource(w, cfg.n_fft, cfg.hop, cfg.sample_rate)
                          if cfg.harmonic else None)
+        self.postfilter = FormantPostfilter(cfg.postfilter)
 
     def forward(self, z: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         return self.synthesize(z, cache)[0]
@@ -80,6 +89,8 @@ class Decoder(nn.Module):
         f0 = None
         if self.harmonic is not None:
             spec, f0 = self.harmonic.mix(x, spec, cache)
+        if not self.training:  # trained without it: the losses would only learn to undo it
+            spec = self.postfilter(spec, cache)
         return self.head.synthesize(spec, cache), f0
 
 
@@ -173,6 +184,13 @@ class Codec(nn.Module):
 
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self)
+
+    def set_postfilter(self, strength: float) -> None:
+        """Change the formant postfilter's strength (0: off; see `layers.FormantPostfilter`)."""
+        if not 0 <= strength <= 2:
+            raise ValueError(f"postfilter strength must be between 0 and 2, got {strength:g}")
+        self.cfg = dataclasses.replace(self.cfg, postfilter=strength)
+        self.decoder.postfilter.strength = strength
 
     # -- persistence --------------------------------------------------------------------------
     def export_state(self) -> dict:

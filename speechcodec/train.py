@@ -714,14 +714,17 @@ def _append_csv(path: Path, row: dict) -> None:
         w.writerow(row)
 
 
-def export_release(checkpoint: str | os.PathLike, model_id: str, out_dir: str | os.PathLike
-                   ) -> tuple[Path, str]:
+def export_release(checkpoint: str | os.PathLike, model_id: str, out_dir: str | os.PathLike,
+                   postfilter: float | None = None) -> tuple[Path, str]:
     """Checkpoint -> small release file `<out_dir>/<model_id>.pt` (inference weights: encoder
     and decoder matrices in 8 bits, the rest in float16; see `Codec.save_release`) and its
-    entry in `<out_dir>/registry.json`. Returns (path, SHA-256)."""
+    entry in `<out_dir>/registry.json`, with `postfilter` (if given) as the release's formant
+    postfilter strength. Returns (path, SHA-256)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     codec = Codec(CodecConfig.from_dict(state["config"]))
     codec.load_state_dict(state["model"])
+    if postfilter is not None:
+        codec.set_postfilter(postfilter)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{model_id}.pt"

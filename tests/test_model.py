@@ -9,7 +9,9 @@ from speechcodec.model import Codec
 from speechcodec.pipeline import decode_codes, encode_samples, num_frames_for, roundtrip_samples
 
 
-def test_streaming_equals_whole_signal(tiny_codec, speech):
+@pytest.mark.parametrize("postfilter", [0.0, 0.3])
+def test_streaming_equals_whole_signal(tiny_codec, speech, postfilter):
+    tiny_codec.set_postfilter(postfilter)  # the postfilter keeps state too
     x = torch.from_numpy(speech[: 320 * 40])[None]
     codes = tiny_codec.encode(x, 12)
     enc = tiny_codec.stream_encoder(12)
@@ -28,7 +30,9 @@ def test_streaming_equals_whole_signal(tiny_codec, speech):
     torch.testing.assert_close(out, whole, atol=1e-5, rtol=1e-4)
 
 
-def test_two_streams_do_not_share_state(tiny_codec, speech):
+@pytest.mark.parametrize("postfilter", [0.0, 0.3])
+def test_two_streams_do_not_share_state(tiny_codec, speech, postfilter):
+    tiny_codec.set_postfilter(postfilter)  # the postfilter keeps state too
     x = torch.from_numpy(speech[: 320 * 10])[None]
     codes = tiny_codec.encode(x, 6)
     a, b = tiny_codec.stream_decoder(), tiny_codec.stream_decoder()
@@ -38,7 +42,9 @@ def test_two_streams_do_not_share_state(tiny_codec, speech):
                                rtol=1e-4)
 
 
-def test_future_input_never_changes_past_output(tiny_codec, speech):
+@pytest.mark.parametrize("postfilter", [0.0, 0.3])
+def test_future_input_never_changes_past_output(tiny_codec, speech, postfilter):
+    tiny_codec.set_postfilter(postfilter)  # the postfilter keeps state too
     frame = tiny_codec.cfg.frame_size
     x = torch.from_numpy(speech[: frame * 30].copy())[None]
     base = tiny_codec.decode(tiny_codec.encode(x, 12))
@@ -51,6 +57,46 @@ def test_future_input_never_changes_past_output(tiny_codec, speech):
     torch.testing.assert_close(changed[:, :boundary], base[:, :boundary], atol=1e-6, rtol=0)
     # ...and the change does show after it (the test would pass vacuously otherwise).
     assert (changed[:, boundary:] - base[:, boundary:]).abs().max() > 1e-4
+
+
+def test_running_mean_is_a_one_pole_average_in_any_split():
+    from speechcodec.layers import running_mean
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 700, dtype=torch.float64)
+    y, ref = running_mean(x, 0.02), []
+    acc = torch.zeros(2, 3, dtype=torch.float64)
+    for t in range(700):
+        acc = 0.98 * acc + 0.02 * x[..., t]
+        ref.append(acc)
+    torch.testing.assert_close(y, torch.stack(ref, -1), rtol=1e-10, atol=0)
+    first = running_mean(x[..., :301], 0.02, block=64)
+    rest = running_mean(x[..., 301:], 0.02, first[..., -1], block=64)
+    torch.testing.assert_close(torch.cat([first, rest], -1), y, rtol=1e-10, atol=0)
+
+
+def test_formant_postfilter_deepens_formants_keeps_level_and_leaves_flat_spectra():
+    from speechcodec.layers import FormantPostfilter
+
+    bins, frames = 241, 50
+    f = torch.arange(bins, dtype=torch.float32)
+    # Two formants (about 700 and 2,300 Hz) over a falling tilt, the same in every frame.
+    log_mag = (-f / 120 + 1.5 * torch.exp(-((f - 21) / 6) ** 2)
+               + 1.0 * torch.exp(-((f - 69) / 8) ** 2))
+    phase = torch.rand(1, bins, frames) * 6.28
+    spec = torch.polar(log_mag.exp()[None, :, None].expand(1, bins, frames), phase)
+    out = FormantPostfilter(0.3)(spec)
+    assert torch.allclose(out.angle(), spec.angle(), atol=1e-5)  # phases kept
+
+    def contrast(s):  # peak over the valley between the formants, in nepers
+        m = s.abs()[0, :, 0].log()
+        return float(m[21] - m[21:69].min())
+    assert contrast(out) > contrast(spec) + 0.2
+    energy = lambda s: float(s.abs().square().sum())  # noqa: E731
+    assert energy(out) == pytest.approx(energy(spec), rel=1e-4)  # steady input: level kept
+    flat = torch.polar(torch.ones(1, bins, frames), phase)
+    torch.testing.assert_close(FormantPostfilter(0.3)(flat), flat, atol=1e-4, rtol=1e-4)
+    assert FormantPostfilter(0.0)(spec) is spec
 
 
 def test_latency_is_derived_and_within_budget(tiny_codec):
