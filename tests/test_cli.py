@@ -158,3 +158,26 @@ def test_train_names_a_fast_params_module_the_model_lacks(tmp_path, capsys):
                       "--set", "fast_params=decoder.low.99", "--steps", "1"], capsys)
     assert rc != 0 and "no parameters under 'decoder.low.99'" in err
     assert "Traceback" not in err
+
+
+def test_eval_postfilter_switch(tmp_path, capsys):
+    """`eval --postfilter` scores the model with another strength, leaves the cached shared
+    model as it was, records the strength, and refuses one out of range."""
+    from speechcodec.pretrained import load_codec
+
+    model = tmp_path / "m.pt"
+    load_codec().save_release(model, "copy")
+    clip = tmp_path / "clip.wav"
+    x, rate = sf.read(SAMPLE, dtype="float32")
+    sf.write(clip, x[: rate * 2], rate)
+    figures = {}
+    for strength in ("0", "0.6"):
+        rc, out, _ = run(["eval", clip, "--model", model, "--kbps", "3", "--json",
+                          "--postfilter", strength], capsys)
+        info = json.loads(out)
+        assert rc == 0 and info["postfilter"] == float(strength)
+        figures[strength] = info["summary"][0]["mel_distance"]
+    assert figures["0"] != figures["0.6"]
+    assert load_codec(str(model)).cfg.postfilter == load_codec().cfg.postfilter
+    rc, _, err = run(["eval", clip, "--model", model, "--postfilter", "3"], capsys)
+    assert rc != 0 and "between 0 and 2" in err

@@ -42,6 +42,14 @@ def test_train_resume_export(tmp_path):
     codec = load_codec(str(path))
     assert codec.model_id == "tiny-run" and codec.weights_hash == digest[:16]
     assert codec.cfg == TINY
+    # The postfilter is set at export, with no change to the weights.
+    path, _ = export_release(ckpt, "tiny-pf", tmp_path / "release", postfilter=0.3)
+    pf = load_codec(str(path))
+    assert pf.cfg.postfilter == 0.3 and pf.decoder.postfilter.strength == 0.3
+    for name, value in pf.decoder.state_dict().items():
+        assert torch.equal(value, codec.decoder.state_dict()[name]), name
+    with pytest.raises(ValueError, match="between 0 and 2"):
+        export_release(ckpt, "tiny-bad", tmp_path / "release", postfilter=-1)
 
 
 def test_loss_decreases_on_a_fixed_batch():
