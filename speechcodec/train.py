@@ -451,16 +451,16 @@ def save_checkpoint(path: Path, codec: Codec, opt, sched, step: int, tc: TrainCo
 def param_groups(codec: Codec, tc: TrainConfig) -> list[dict]:
     """The optimiser's groups: everything at `lr`, and the `fast_params` modules (if any) at
     `fast_lr_mult` times `lr`, as a second group."""
-    def fast(name: str) -> bool:
-        return any(name.startswith(prefix + ".") for prefix in tc.fast_params)
-
     named = list(codec.named_parameters())
-    for prefix in tc.fast_params:
-        if not any(name.startswith(prefix + ".") for name, _ in named):
+    under = {prefix: {n for n, _ in named if n.startswith(prefix + ".")}
+             for prefix in tc.fast_params}
+    for prefix, names in under.items():
+        if not names:
             raise ValueError(f"fast_params: no parameters under '{prefix}' in this model")
-    groups = [{"params": [p for n, p in named if not fast(n)]}]
-    if tc.fast_params:
-        groups.append({"params": [p for n, p in named if fast(n)],
+    fast = set().union(*under.values())
+    groups = [{"params": [p for n, p in named if n not in fast]}]
+    if fast:
+        groups.append({"params": [p for n, p in named if n in fast],
                        "lr": tc.lr * tc.fast_lr_mult})
     return groups
 
