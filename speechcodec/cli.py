@@ -436,8 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_split)
 
     x = sub.add_parser("export", help="training checkpoint -> small hashed release file")
-    x.add_argument("checkpoint", help="checkpoint.pt from `speechcodec train`")
-    x.add_argument("--model-id", default="speechcodec-base-v8", help="name to register")
+    x.add_argument("checkpoint", help="checkpoint.pt from `speechcodec train`, or a release "
+                                      "file (to change its postfilter or storage)")
+    x.add_argument("--model-id", default="speechcodec-base-v9", help="name to register")
     x.add_argument("--out", help="folder (default: the package's pretrained/ folder)")
     x.add_argument("--postfilter", type=float, metavar="STRENGTH",
                    help="formant postfilter strength stored in the release (0: off; default: "

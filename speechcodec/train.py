@@ -716,20 +716,24 @@ def _append_csv(path: Path, row: dict) -> None:
 
 def export_release(checkpoint: str | os.PathLike, model_id: str, out_dir: str | os.PathLike,
                    postfilter: float | None = None) -> tuple[Path, str]:
-    """Checkpoint -> small release file `<out_dir>/<model_id>.pt` (inference weights: encoder
-    and decoder matrices in 8 bits, the rest in float16; see `Codec.save_release`) and its
-    entry in `<out_dir>/registry.json`, with `postfilter` (if given) as the release's formant
-    postfilter strength. Returns (path, SHA-256)."""
+    """Checkpoint (or an earlier release file) -> small release file `<out_dir>/<model_id>.pt`
+    (inference weights: encoder and decoder matrices in 8 bits, the rest in float16; see
+    `Codec.save_release`) and its entry in `<out_dir>/registry.json`, with `postfilter` (if
+    given) as the release's formant postfilter strength. Returns (path, SHA-256)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    codec = Codec(CodecConfig.from_dict(state["config"]))
-    codec.load_state_dict(state["model"])
+    if "model" in state:
+        codec = Codec(CodecConfig.from_dict(state["config"]))
+        codec.load_state_dict(state["model"])
+        card = {"steps": state["step"], "train_seconds": round(state["elapsed"]),
+                "train_config": state["train_config"]}
+    else:  # a release: its weights as stored, its card kept, where it came from added
+        codec = Codec.from_release_bytes(Path(checkpoint).read_bytes())
+        card = {**state.get("card", {}), "from_release": state["model_id"]}
     if postfilter is not None:
         codec.set_postfilter(postfilter)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{model_id}.pt"
-    card = {"steps": state["step"], "train_seconds": round(state["elapsed"]),
-            "train_config": state["train_config"]}
     digest = codec.save_release(path, model_id, card)
     reg_path = out / "registry.json"
     reg = json.loads(reg_path.read_text()) if reg_path.exists() else {}
