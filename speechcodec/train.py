@@ -283,8 +283,8 @@ class LoudnessLoss(torch.nn.Module):
     harmonics. Listeners (and PESQ) hear loudness instead. So, per 32 ms frame (hop 16 ms):
     band powers on `bands` mel bands (a stand-in for the Bark scale; both are linear below about
     1 kHz and logarithmic above), both signals scaled by the reference's mean band power;
-    Zwicker's law turns each into a loudness ``(0.5 + 0.5 P / P0) ** 0.23 - 1``, with the
-    hearing threshold P0 at `threshold_db` below that mean. The error in each band loses a dead
+    Zwicker's law turns each into a loudness ``(0.5 + 0.5 P / P0) ** 0.23 - 1``, zero below
+    the hearing threshold P0, which sits `threshold_db` below that mean. The error in each band loses a dead
     zone of a quarter of the smaller loudness (differences that small are not heard), and each
     frame scores the root mean square of what remains over its bands (PESQ's symmetric
     disturbance) plus `asym` times its mean weighted by how much energy the output *added*
@@ -308,7 +308,7 @@ class LoudnessLoss(torch.nn.Module):
         return torch.matmul(spec.transpose(-1, -2), self.fb)  # [B, frames, bands]
 
     def loudness(self, p: torch.Tensor) -> torch.Tensor:
-        return (0.5 + 0.5 * p / self.p0).pow(self.gamma) - 1
+        return F.relu((0.5 + 0.5 * p / self.p0).pow(self.gamma) - 1)  # zero below P0
 
     def forward(self, ref: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
         pr, pe = self.band_power(ref), self.band_power(est)

@@ -236,6 +236,30 @@ def test_phase_loss_sees_phase_that_magnitude_losses_miss():
     assert float(loss(x, torch.roll(x, 8, 1))) < 0.05
 
 
+def test_loudness_loss_hears_what_pesq_hears():
+    """No cost for equal signals or for level changes too small to hear, the same cost at any
+    joint level, and energy added to the valleys between harmonics costs more than the same
+    energy taken away."""
+    from speechcodec.train import LoudnessLoss, STFTLoss
+
+    torch.manual_seed(0)
+    t = torch.arange(16000) / 16000
+    phase = 2 * torch.pi * 150 * t
+    x = (sum(torch.sin(k * phase) / k for k in range(1, 40)) * 0.05)[None]
+    noise = 0.003 * torch.randn_like(x)
+    loss = LoudnessLoss(16000)
+    assert float(loss(x, x)) < 1e-5
+    assert float(loss(x, 1.06 * x)) < 1e-5  # 0.5 dB: inside the dead zone
+    assert float(STFTLoss((512,))(x, 1.06 * x)) > 0.02  # which an L1 loss does charge
+    assert float(loss(x, 2 * x)) > 0.1
+    assert float(loss(10 * x, 10 * (x + noise))) == pytest.approx(float(loss(x, x + noise)),
+                                                                  rel=1e-4)
+    assert float(loss(x, x + noise)) > 1.5 * float(loss(x + noise, x))
+    est = torch.zeros_like(x, requires_grad=True)
+    loss(x, est).backward()
+    assert torch.isfinite(est.grad).all()
+
+
 def test_split_holds_out_whole_speakers_reproducibly(tmp_path):
     from speechcodec.train import split_by_speaker
 
