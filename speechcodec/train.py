@@ -284,12 +284,13 @@ class LoudnessLoss(torch.nn.Module):
     band powers on `bands` mel bands (a stand-in for the Bark scale; both are linear below about
     1 kHz and logarithmic above), both signals scaled by the reference's mean band power;
     Zwicker's law turns each into a loudness ``(0.5 + 0.5 P / P0) ** 0.23 - 1``, zero below
-    the hearing threshold P0, which sits `threshold_db` below that mean. The error in each band loses a dead
-    zone of a quarter of the smaller loudness (differences that small are not heard), and each
-    frame scores the root mean square of what remains over its bands (PESQ's symmetric
-    disturbance) plus `asym` times its mean weighted by how much energy the output *added*
-    there: ``((P_est + c) / (P_ref + c)) ** 1.2`` where that ratio is at least 3, capped at 12
-    (the asymmetric disturbance: made-up noise sounds worse than missing energy). The loss is
+    the hearing threshold P0, which sits `threshold_db` below that mean. The error in each
+    band loses a dead zone of a quarter of the smaller loudness (differences that small are
+    not heard), and each frame scores the root mean square of what remains over its bands
+    (PESQ's symmetric disturbance) plus `asym` times its mean weighted by how much energy the
+    output *added* there: ``((P_est + c) / (P_ref + c)) ** 1.2`` where that ratio is at least
+    3, capped at 12 (the asymmetric disturbance: made-up noise sounds worse than missing
+    energy). The loss is
     the mean over frames.
     """
 
