@@ -290,8 +290,7 @@ class LoudnessLoss(torch.nn.Module):
     (PESQ's symmetric disturbance) plus `asym` times its mean weighted by how much energy the
     output *added* there: ``((P_est + c) / (P_ref + c)) ** 1.2`` where that ratio is at least
     3, capped at 12 (the asymmetric disturbance: made-up noise sounds worse than missing
-    energy). The loss is
-    the mean over frames.
+    energy). The loss is the mean over frames.
     """
 
     def __init__(self, sample_rate: int, n_fft: int = 512, bands: int = 49,
