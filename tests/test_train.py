@@ -260,6 +260,23 @@ def test_loudness_loss_hears_what_pesq_hears():
     assert torch.isfinite(est.grad).all()
 
 
+def test_loudness_weight_adds_the_term_to_the_training_loss():
+    from speechcodec.model import Codec
+    from speechcodec.train import LoudnessLoss, MelLoss, reconstruction_loss
+
+    torch.manual_seed(0)
+    codec = Codec(TINY).eval()  # no codebook updates between the two calls
+    wav = 0.1 * torch.randn(2, 6400)
+    mel = MelLoss(16000, (128, 512))
+    args = (codec, TINY.output_delay, mel, wav, torch.tensor([12, 12]))
+    off, parts_off = reconstruction_loss(*args, TrainConfig(),
+                                         loudness_loss=LoudnessLoss(16000))
+    on, parts = reconstruction_loss(*args, TrainConfig(loudness_weight=0.02),
+                                    loudness_loss=LoudnessLoss(16000))
+    assert "loudness" not in parts_off and parts["loudness"] > 0
+    assert float(on - off) == pytest.approx(0.02 * parts["loudness"], rel=1e-3)
+
+
 def test_split_holds_out_whole_speakers_reproducibly(tmp_path):
     from speechcodec.train import split_by_speaker
 
