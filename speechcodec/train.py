@@ -314,9 +314,9 @@ class LoudnessLoss(torch.nn.Module):
         pr, pe = self.band_power(ref), self.band_power(est)
         scale = pr.mean(dim=(1, 2), keepdim=True).detach().clamp(min=1e-10)
         pr, pe = pr / scale, pe / scale
-        lr, le = self.loudness(pr), self.loudness(pe)
-        d = le - lr
-        d = torch.sign(d) * F.relu(d.abs() - 0.25 * torch.minimum(lr, le))
+        loud_ref, loud_est = self.loudness(pr), self.loudness(pe)
+        d = loud_est - loud_ref
+        d = torch.sign(d) * F.relu(d.abs() - 0.25 * torch.minimum(loud_ref, loud_est))
         symmetric = (d.pow(2).mean(-1) + 1e-12).sqrt()
         c = 50 * self.p0
         ratio = ((pe.detach() + c) / (pr + c)).pow(1.2)
