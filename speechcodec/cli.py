@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="training checkpoint -> small hashed release file")
     x.add_argument("checkpoint", help="checkpoint.pt from `speechcodec train`, or a release "
                                       "file (to change its postfilter or storage)")
-    x.add_argument("--model-id", default="speechcodec-base-v10", help="name to register")
+    x.add_argument("--model-id", default="speechcodec-base-v11", help="name to register")
     x.add_argument("--out", help="folder (default: the package's pretrained/ folder)")
     x.add_argument("--postfilter", type=float, metavar="STRENGTH",
                    help="formant postfilter strength stored in the release (0: off; default: "
