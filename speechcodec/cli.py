@@ -22,6 +22,7 @@ from .cliutil import (
     print_table,
 )
 from .config import CodecConfig, TrainConfig
+from .pretrained import DEFAULT_MODEL
 
 PROGRESS_MIN_SECONDS = 30.0  # show a progress bar for inputs longer than this
 
@@ -438,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="training checkpoint -> small hashed release file")
     x.add_argument("checkpoint", help="checkpoint.pt from `speechcodec train`, or a release "
                                       "file (to change its postfilter or storage)")
-    x.add_argument("--model-id", default="speechcodec-base-v11", help="name to register")
+    x.add_argument("--model-id", default=DEFAULT_MODEL,
+                   help=f"name to register (default {DEFAULT_MODEL})")
     x.add_argument("--out", help="folder (default: the package's pretrained/ folder)")
     x.add_argument("--postfilter", type=float, metavar="STRENGTH",
                    help="formant postfilter strength stored in the release (0: off; default: "

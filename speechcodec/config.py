@@ -156,8 +156,7 @@ class TrainConfig:
     harmonic_gate: float = 1.0
     # `LoudnessLoss` (a PESQ-shaped disturbance between loudness spectra; off at 0) and the
     # weight of its added-energy term. Its gradients are about 100x those of the L1 terms, so
-    # 0.005 gives it about the pull of one of them; v10 was trained at 0.005, then at 0.02, and
-    # v11 at 0.04.
+    # 0.005 gives it about the pull of one of them (the model card gives each release's weight).
     loudness_weight: float = 0.0
     loudness_asym: float = 1.0
     # Weight and STFT window of `PhaseLoss` (instantaneous-frequency and group-delay error).
