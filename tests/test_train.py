@@ -274,7 +274,7 @@ def test_loudness_weight_adds_the_term_to_the_training_loss():
     on, parts = reconstruction_loss(*args, TrainConfig(loudness_weight=0.02),
                                     loudness_loss=LoudnessLoss(16000))
     assert "loudness" not in parts_off and parts["loudness"] > 0
-    assert float(on - off) == pytest.approx(0.02 * parts["loudness"], rel=1e-3)
+    assert (on - off).item() == pytest.approx(0.02 * parts["loudness"], rel=1e-3)
 
 
 def test_split_holds_out_whole_speakers_reproducibly(tmp_path):
