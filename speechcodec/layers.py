@@ -279,5 +279,15 @@ def running_mean(x: torch.Tensor, rate: float, state: torch.Tensor | None = None
     return torch.cat(out, dim=-1) if out else x.clone()
 
 
+def soft_limit(x: torch.Tensor, knee: float = 0.9) -> torch.Tensor:
+    """Keep a waveform inside full scale without a hard clip: samples within `knee` pass
+    unchanged; above it, `knee + (1 - knee) tanh((|x| - knee) / (1 - knee))` bends them
+    smoothly (same value and slope at the knee) towards, never past, 1. Sample by sample, so
+    it costs no latency and streams exactly."""
+    over = x.abs() - knee
+    bent = knee + (1.0 - knee) * torch.tanh(over.clamp(min=0.0) / (1.0 - knee))
+    return torch.where(over > 0, x.sign() * bent, x)
+
+
 def layer_scale_for(num_blocks: int) -> float:
     return 1.0 / math.sqrt(max(num_blocks, 1))

@@ -23,6 +23,7 @@ from .layers import (
     HarmonicSource,
     ISTFTHead,
     layer_scale_for,
+    soft_limit,
 )
 from .quantizer import QuantizedResult, ResidualVQ
 
@@ -91,7 +92,9 @@ class Decoder(nn.Module):
             spec, f0 = self.harmonic.mix(x, spec, cache)
         if not self.training:  # trained without it: the losses would only learn to undo it
             spec = self.postfilter(spec, cache)
-        return self.head.synthesize(spec, cache), f0
+        wav = self.head.synthesize(spec, cache)
+        # A loud input can decode a few peaks past full scale, which 16-bit PCM would clip.
+        return (wav if self.training else soft_limit(wav)), f0
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,21 @@ def test_telephone_band_input_stays_band_limited(codec):
         return spec[len(spec) * 4500 // 8000:].sum() / spec.sum()
 
     assert high_share(y) < 0.05
+
+
+def test_soft_limit_passes_the_body_and_bends_the_peaks_below_full_scale():
+    import torch
+
+    from speechcodec.layers import soft_limit
+
+    x = torch.linspace(-3.0, 3.0, 6001)
+    y = soft_limit(x)
+    body = x.abs() <= 0.9
+    assert torch.equal(y[body], x[body])  # untouched up to the knee
+    assert (y.abs() <= 1.0).all() and torch.equal(soft_limit(-x), -y)  # bounded and odd
+    assert (y.diff() >= 0).all()  # monotone: it never folds a peak back
+    # continuous with slope 1 at the knee, so the bend adds no step or kink there
+    k = torch.tensor([0.9, 0.9 + 1e-4])
+    assert abs(float((soft_limit(k)[1] - soft_limit(k)[0]) / 1e-4) - 1.0) < 1e-3
+    # a peak 15% over full scale comes back under 0.999
+    assert float(soft_limit(torch.tensor(1.15))) < 0.999
