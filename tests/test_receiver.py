@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from speechcodec.receiver import (
 )
 
 K = 6
+ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -199,15 +201,24 @@ def test_receiver_bridges_single_losses_with_the_next_packet(tiny_codec, clip):
                    concealment="repeat", quality=False)
     assert rep.stats.frames_interpolated == 0
     # With trained weights (a random model's latents mean nothing), bridging towards the next
-    # packet lands closer to the clean decode than repeating the last frame.
+    # packet lands closer to the clean decode than repeating the last frame. One clip and one
+    # pattern can go either way (the decoder makes its own phases), so this sums the log-mel
+    # distance over the three speech samples and three loss patterns.
+    from speechcodec.audio import load_audio
+    from speechcodec.metrics import log_mel_distance
     from speechcodec.pretrained import load_codec
 
     codec = load_codec()
-    runs = [simulate(codec, clip, num_codebooks=K, channel=FixedPattern("....x...xx"),
-                     concealment=how, quality=False) for how in ("interpolate", "repeat")]
-    clean = roundtrip_samples(codec, clip, K)
-    err = [np.sum((x.samples - clean) ** 2) for x in runs]
-    assert err[0] < err[1]
+    total = {"interpolate": 0.0, "repeat": 0.0}
+    for name in ("espeak_male", "espeak_female", "flite_slt"):
+        x = load_audio(ROOT / "samples" / f"{name}.wav").samples[:32000]
+        clean = roundtrip_samples(codec, x, K)
+        for pattern in ("....x...xx", "......x...", ".....xx........"):
+            for how in total:
+                r = simulate(codec, x, num_codebooks=K, channel=FixedPattern(pattern),
+                             concealment=how, quality=False)
+                total[how] += log_mel_distance(clean, r.samples)
+    assert total["interpolate"] < 0.95 * total["repeat"]
 
 
 def test_concealer_repeats_then_fades_to_silence(tiny_codec):
