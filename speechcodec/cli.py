@@ -421,10 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="training manifest (.csv) or folder")
     t.add_argument("--valid", help="validation manifest or folder (periodic metrics)")
     t.add_argument("--out", required=True, help="run folder: checkpoints, logs")
-    t.add_argument("--steps", type=int, help="total optimizer steps")
+    t.add_argument("--steps", type=int, help="total optimizer steps (with --max-minutes: the most)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--init", help="warm-start weights: a shipped model name or a file")
-    t.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this long")
+    t.add_argument("--max-minutes", type=float,
+                   help="stop (with a checkpoint) after this long; the learning rate's cosine is "
+                        "fitted to end then, at the steps the measured speed reaches (at most "
+                        "--steps)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a CodecConfig or TrainConfig field (repeatable)")
     t.set_defaults(func=cmd_train)

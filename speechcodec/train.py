@@ -526,13 +526,27 @@ def param_groups(codec: Codec, tc: TrainConfig) -> list[dict]:
     return groups
 
 
-def lr_lambda(tc: TrainConfig):
-    def f(step: int) -> float:
-        if step < tc.warmup_steps:
-            return (step + 1) / tc.warmup_steps
-        progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
+class LRSchedule:
+    """The learning-rate factor: a linear warm-up over `warmup_steps`, then a cosine from 1 to
+    0.1 that ends at `horizon`. The horizon is `steps`, or, under a deadline, where the
+    measured speed says the run will stop (`fit`), so that a run cut short by
+    `--max-minutes` still ends at the floor rather than part-way down (run AC, on a slower
+    machine than its steps were chosen for, stopped at 92% of its cosine). A callable object,
+    so the scheduler's state dict keeps the horizon."""
+
+    def __init__(self, tc: TrainConfig):
+        self.warmup, self.steps, self.horizon = tc.warmup_steps, tc.steps, tc.steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.horizon - self.warmup))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
+
+    def fit(self, step: int, reach: float) -> None:
+        """At `step`, end the cosine at `reach`, where the run is now expected to stop (at
+        least one step on, at most `steps`)."""
+        self.horizon = int(min(self.steps, max(step + 1, round(reach))))
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -573,11 +587,13 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
     codec.quantizer.dead_threshold = tc.dead_code_threshold
     opt = torch.optim.AdamW(param_groups(codec, tc), lr=tc.lr, betas=tc.betas,
                             weight_decay=tc.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
+    schedule = LRSchedule(tc)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     if state is not None:
         codec.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        schedule.steps = schedule.horizon = tc.steps  # a resume may extend the run
         start_step, elapsed = state["step"], state["elapsed"]
         torch.set_rng_state(state["rng"])
     model = torch.nn.parallel.DistributedDataParallel(codec) if distributed else codec
@@ -649,17 +665,30 @@ def train(data: str, out_dir: str, valid: str | None = None, cfg: CodecConfig | 
                 bar.set_postfix(loss=f"{avg['loss']:.3f}", mel=f"{avg['mel_log']:.3f}")
                 _append_csv(log_path, {"step": step, "time_s": round(time.time() - t0, 1),
                                        "lr": sched.get_last_lr()[0],
+                                       "horizon": schedule.horizon,
                                        "grad_norm": float(gnorm), **avg})
             if valid_clips and (step % tc.valid_every == 0 or step == tc.steps):
                 v = validate(codec, valid_clips, (3, 6, 12))
                 _append_csv(valid_path, {"step": step, **v})
                 bar.write(f"step {step} valid: " + "  ".join(
                     f"{k}={val:.3f}" for k, val in v.items() if "pesq" in k or "stoi" in k))
-        stop = deadline is not None and time.time() > deadline
-        if distributed:
-            flag = torch.tensor(float(stop))
-            dist.all_reduce(flag)
-            stop = bool(flag.item())
+        stop, reach = False, float(tc.steps)
+        if deadline is not None:
+            now = time.time()
+            stop = now > deadline
+            if step == start_step + 1:  # the first step (building caches) is no measure of speed
+                first = now
+            else:
+                rate = (step - start_step - 1) / (now - first)
+                reach = step + rate * max(0.0, deadline - now)
+        if distributed:  # every replica must stop, and schedule, alike: average their views
+            flags = torch.tensor([float(stop), reach], dtype=torch.float64)
+            dist.all_reduce(flags)
+            stop, reach = bool(flags[0].item()), flags[1].item() / world
+        if deadline is not None:
+            schedule.fit(step, reach)
+            if rank == 0 and bar.total != schedule.horizon:
+                bar.total = schedule.horizon
         if rank == 0 and (step % tc.checkpoint_every == 0 or step == tc.steps or stop):
             save_checkpoint(ckpt_path, codec, opt, sched, step, tc, time.time() - t0,
                             adversary)

@@ -52,6 +52,38 @@ def test_train_resume_export(tmp_path):
         export_release(ckpt, "tiny-bad", tmp_path / "release", postfilter=-1)
 
 
+def test_schedule_warms_up_then_anneals_to_its_horizon():
+    from speechcodec.train import LRSchedule
+
+    sched = LRSchedule(TrainConfig(steps=1000, warmup_steps=100))
+    assert sched(0) == pytest.approx(0.01) and sched(99) == pytest.approx(1.0)
+    assert sched(100) == pytest.approx(1.0) and sched(550) == pytest.approx(0.55)
+    assert sched(1000) == pytest.approx(0.1) and sched(5000) == pytest.approx(0.1)
+    sched.fit(300, 550.4)  # a deadline that the run will reach at step 550
+    assert sched.horizon == 550 and sched(325) == pytest.approx(0.55)
+    assert sched(550) == pytest.approx(0.1)
+    sched.fit(300, 9e9)  # never past the run's own steps
+    assert sched.horizon == 1000
+    sched.fit(700, 650.0)  # the deadline has passed: the floor from the next step
+    assert sched.horizon == 701 and sched(701) == pytest.approx(0.1)
+
+
+def test_a_deadline_ends_the_run_at_the_floor_of_its_schedule(tmp_path):
+    """Stopped by `max_minutes` long before its steps, the run still anneals to lr/10."""
+    tc = _tc(100_000)
+    ckpt = train(str(SAMPLES), str(tmp_path / "run"), cfg=TINY, tc=tc, max_minutes=0.1,
+                 progress=False)
+    state = torch.load(ckpt, weights_only=False)
+    assert 3 <= state["step"] < 100_000
+    with open(tmp_path / "run" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert int(rows[-1]["step"]) == state["step"]
+    assert int(rows[-1]["horizon"]) <= state["step"] + 1
+    assert float(rows[-1]["lr"]) == pytest.approx(tc.lr / 10, rel=0.05)
+    assert max(float(r["lr"]) for r in rows) == pytest.approx(tc.lr)
+    assert state["scheduler"]["lr_lambdas"][0]["horizon"] == state["step"] + 1
+
+
 def test_loss_decreases_on_a_fixed_batch():
     from speechcodec.model import Codec
     from speechcodec.train import MelLoss, reconstruction_loss
@@ -103,8 +135,8 @@ def test_data_parallel_replicas_stay_identical(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "speechcodec",
                         "train", "--data", str(SAMPLES), "--out", str(tmp_path / "ddp"),
-                        "--steps", "3", *sets], capture_output=True, text=True, timeout=600,
-                       env=env)
+                        "--steps", "3", "--max-minutes", "30", *sets],
+                       capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     sums = json.loads((tmp_path / "ddp" / "replicas.json").read_text())["checksums"]
     assert len(sums) == 2 and sums[0] == sums[1] and len(sums[0].split()) == 2
@@ -404,7 +436,7 @@ def test_harmonic_path_trains_its_pitch_from_tracked_targets(tmp_path):
 def test_fast_params_learn_at_their_own_rate_and_must_exist():
     from speechcodec.cli import _parse_overrides
     from speechcodec.model import Codec
-    from speechcodec.train import lr_lambda, param_groups
+    from speechcodec.train import LRSchedule, param_groups
 
     _, kw = _parse_overrides(["fast_params=decoder.low.0,decoder.high.0", "fast_lr_mult=3",
                               "lr=2e-4"])
@@ -422,7 +454,7 @@ def test_fast_params_learn_at_their_own_rate_and_must_exist():
     assert sorted(id(p) for g in groups for p in g["params"]) == sorted(names)
     assert any(n.endswith("gamma") for n in names.values())
     opt = torch.optim.AdamW(groups, lr=tc.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, LRSchedule(tc))
     for _ in range(3):
         opt.step()
         sched.step()
