@@ -159,6 +159,8 @@ class TrainConfig:
     # 0.005 gives it about the pull of one of them (the model card gives each release's weight).
     loudness_weight: float = 0.0
     loudness_asym: float = 1.0
+    # `IntelligibilityLoss` (one minus a STOI-shaped correlation of band envelopes; off at 0).
+    intelligibility_weight: float = 0.0
     # Weight and STFT window of `PhaseLoss` (instantaneous-frequency and group-delay error).
     phase_weight: float = 0.0
     phase_window: int = 512
