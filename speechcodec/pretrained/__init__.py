@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REGISTRY = HERE / "registry.json"
-DEFAULT_MODEL = "speechcodec-base-v19"
+DEFAULT_MODEL = "speechcodec-base-v20"
 
 
 class ModelError(Exception):
